@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make run`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STUDIO_DATA_DIR ?= $(HOME)/.studio
+PORT ?= 7860
+
+.PHONY: setup run test test-fast clean-venv
+
+setup: $(VENV)/.installed
+
+# torch first, from the pinned CPU wheel (CUDA users: install their CUDA torch build first);
+# the project's own range is satisfied by it, so nothing pulls another torch.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(PY) launch.py --host 127.0.0.1 --port $(PORT) --data-dir $(STUDIO_DATA_DIR)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not browser and not slow"
+
+clean-venv:
+	rm -rf $(VENV)

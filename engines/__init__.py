@@ -1,0 +1,1 @@
+"""Engines: pure compute packages. They never import studio/, ui/ or storage/."""

@@ -1,0 +1,235 @@
+"""Job service: submit, inspect, cancel and retry jobs; the jobs table is the truth."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+
+from engines import registry
+from engines.base import INPUT_FILE_MARK
+from storage.db import Database
+from storage.models import JOB_STATUSES, TERMINAL, Asset, Job, utcnow
+from studio.assets import AssetService, new_id
+from studio.dto import AssetDTO, JobDTO
+from studio.errors import Conflict, InvalidParams, NotFound, StudioError, UploadRejected
+from studio.queue import JobQueue
+
+Origin = Literal["api", "cli", "ui"]
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "params"
+
+
+def validate_params(engine_name: str, params: dict[str, Any]) -> Any:
+    """Validate against the engine's params model; raise InvalidParams naming each field."""
+    try:
+        engine = registry.get(engine_name)
+    except KeyError as e:
+        raise InvalidParams([{"field": "engine", "message": str(e)}]) from None
+    if not isinstance(params, dict):
+        raise InvalidParams([{"field": "params", "message": "must be an object"}])
+    try:
+        return engine.params_model.model_validate(params)
+    except ValidationError as e:
+        raise InvalidParams([{"field": _field_name(err["loc"]), "message": err["msg"]} for err in e.errors()]) from None
+
+
+def input_fields(engine_name: str) -> dict[str, list[str]]:
+    """Params that name input files, with the asset kinds each accepts."""
+    schema = registry.get(engine_name).params_model.model_json_schema()
+    out = {}
+    for name, prop in schema.get("properties", {}).items():
+        candidates = [prop] + list(prop.get("anyOf", []))
+        for c in candidates:
+            if c.get("format") == INPUT_FILE_MARK:
+                out[name] = list(prop.get("x-asset-kinds") or c.get("x-asset-kinds") or [])
+    return out
+
+
+class JobService:
+    def __init__(self, db: Database, queue: JobQueue | None, assets: AssetService, max_auto_retries: int = 1) -> None:
+        self.db = db
+        self.queue = queue
+        self.assets = assets
+        self.max_auto_retries = max_auto_retries
+
+    # -- submit --------------------------------------------------------------------------
+    def submit(self, engine: str, params: dict[str, Any], *, priority: int = 0, origin: Origin = "api",
+               enqueue: bool = True, retried_from: str | None = None, auto_retry: bool = False) -> JobDTO:
+        """Validate, resolve input files to assets, store the job, then enqueue its id.
+
+        Invalid params raise InvalidParams and store nothing. From the CLI, an input field
+        may be a local path: it is validated and ingested as an asset first.
+        """
+        model = validate_params(engine, params)
+        data = model.model_dump(mode="json")
+        for name, kinds in input_fields(engine).items():
+            value = data.get(name)
+            if value in (None, ""):
+                continue
+            data[name] = self._resolve_input(name, str(value), kinds, origin)
+        job = Job(id=new_id(), engine=engine, params=data, status="queued", priority=priority,
+                  retried_from=retried_from, auto_retry=auto_retry, result_meta={})
+        with self.db.session() as s:
+            s.add(job)
+        if enqueue and self.queue is not None:
+            self._enqueue(job.id, priority)
+        return self.get(job.id)
+
+    def _resolve_input(self, field: str, value: str, kinds: list[str], origin: Origin) -> str:
+        with self.db.session() as s:
+            asset = s.get(Asset, value)
+            kind = asset.kind if asset else None
+        if asset is None:
+            p = Path(value).expanduser()
+            if origin != "cli" or not p.exists():
+                raise InvalidParams([{"field": field, "message": f"no asset with id {value!r}"
+                                      + (" and no such local file" if origin == "cli" else "")}])
+            try:
+                if p.is_dir():
+                    dto = self._ingest_dir(p)
+                else:
+                    dto = self.assets.ingest_path(p)
+            except UploadRejected as e:
+                raise InvalidParams([{"field": field, "message": str(e)}]) from None
+            value, kind = dto.id, dto.kind
+        if kinds and kind not in kinds:
+            raise InvalidParams([{"field": field, "message": f"asset is a {kind}, expected {' or '.join(kinds)}"}])
+        return value
+
+    def _ingest_dir(self, folder: Path) -> AssetDTO:
+        """A local folder (e.g. posed images) travels as a zip asset."""
+        import tempfile
+        import zipfile
+
+        with tempfile.TemporaryDirectory(dir=self.assets.files.tmp) as td:
+            zpath = Path(td) / f"{folder.name}.zip"
+            with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted(folder.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(folder).as_posix())
+            return self.assets.ingest_path(zpath)
+
+    def _enqueue(self, job_id: str, priority: int) -> None:
+        assert self.queue is not None
+        task_id = self.queue.enqueue(job_id, priority)
+        with self.db.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(queue_task_id=task_id))
+
+    # -- queries -------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobDTO:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            return JobDTO.of(job, [AssetDTO.of(a) for a in job.assets])
+
+    def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[JobDTO]:
+        if status is not None and status not in JOB_STATUSES:
+            raise StudioError(f"unknown status {status!r}; one of {', '.join(JOB_STATUSES)}")
+        stmt = select(Job).order_by(Job.created_at.desc()).limit(limit).offset(offset)
+        if status:
+            stmt = stmt.where(Job.status == status)
+        with self.db.session() as s:
+            return [JobDTO.of(j, [AssetDTO.of(a) for a in j.assets]) for j in s.scalars(stmt)]
+
+    def counts(self) -> dict[str, int]:
+        with self.db.session() as s:
+            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+
+    def preview_path(self, job_id: str) -> Path | None:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            return Path(job.preview_path) if job.preview_path else None
+
+    # -- control -------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> JobDTO:
+        """Queued: canceled now and its message revoked. Running: flagged; the worker stops
+        at its next step. Terminal: unchanged (409)."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if job.status in TERMINAL:
+                raise Conflict(f"job is already {job.status}")
+            task_id = job.queue_task_id
+            if job.status == "queued":
+                n = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+                    status="canceled", cancel_requested=True, finished_at=utcnow(), message="canceled")).rowcount
+                if n == 0:  # claimed by a worker in between: fall through to a flag
+                    s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+            else:
+                s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, message="canceling…"))
+        if task_id and self.queue is not None:
+            self.queue.revoke(task_id)
+        return self.get(job_id)
+
+    def retry(self, job_id: str, *, auto: bool = False) -> JobDTO:
+        """A new job with the same engine and params, linked to the old one."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if job.status not in ("failed", "canceled"):
+                raise Conflict(f"only failed or canceled jobs can be retried (this one is {job.status})")
+            engine, params, priority = job.engine, dict(job.params), job.priority
+        return self.submit(engine, params, priority=priority, origin="api", retried_from=job_id, auto_retry=auto)
+
+    def auto_retry_depth(self, job_id: str) -> int:
+        """How many automatic retries lead to this job (stops crash loops)."""
+        depth = 0
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            while job is not None and job.auto_retry and job.retried_from:
+                depth += 1
+                job = s.get(Job, job.retried_from)
+        return depth
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self, *, alive: "callable[[str], bool]", stale_after_s: float) -> dict[str, list[str]]:
+        """Fail running jobs whose worker is gone; re-enqueue queued jobs whose message is gone.
+
+        ``alive(worker_id)`` answers for workers we can check directly (same host);
+        otherwise a heartbeat older than ``stale_after_s`` means dead.
+        """
+        now = utcnow()
+        cutoff = now - timedelta(seconds=stale_after_s)
+        interrupted, retried, requeued = [], [], []
+        with self.db.session() as s:
+            running = s.scalars(select(Job).where(Job.status == "running")).all()
+            dead = [j for j in running if not alive(j.worker_id or "") or (j.heartbeat_at or j.started_at or now) < cutoff]
+            for j in dead:
+                n = s.execute(update(Job).where(Job.id == j.id, Job.status == "running").values(
+                    status="failed", error_type="interrupted", finished_at=now,
+                    error_message=f"worker {j.worker_id} stopped while running this job",
+                    message="interrupted")).rowcount
+                if n:
+                    interrupted.append(j.id)
+        for job_id in interrupted:
+            job = self.get(job_id)
+            try:
+                idem = registry.get(job.engine).idempotent
+            except (KeyError, ImportError):
+                idem = False
+            if idem and self.queue is not None and self.auto_retry_depth(job_id) < self.max_auto_retries:
+                retried.append(self.retry(job_id, auto=True).id)
+        if self.queue is not None:
+            pending = self.queue.pending_job_ids()
+            with self.db.session() as s:
+                queued = s.scalars(select(Job).where(Job.status == "queued").order_by(Job.created_at)).all()
+                lost = [(j.id, j.priority) for j in queued if j.id not in pending]
+            for job_id, prio in lost:
+                self._enqueue(job_id, prio)
+                requeued.append(job_id)
+        return {"interrupted": interrupted, "retried": retried, "requeued": requeued}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)

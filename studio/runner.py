@@ -1,0 +1,210 @@
+"""Runs one job: claim it, give the engine a narrow context, store its artifacts.
+
+The same runner serves the huey worker and ``studio run`` (in-process), so a CLI
+job and a queued job take the same path from params to assets.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import update
+
+from engines import registry
+from engines.base import Cancelled, EngineContext, EngineError, ProgressEvent, Throttle
+from storage.files import atomic_write_bytes
+from storage.models import Job, utcnow
+from studio.assets import AssetService
+from studio.config import Settings
+from studio.jobs import JobService
+from studio.model_manager import ModelManager
+
+log = logging.getLogger("studio.runner")
+
+
+class Shutdown(Exception):
+    """The worker is stopping; the job is interrupted, not canceled by the user."""
+
+
+def resolve_device(pref: str) -> str:
+    if pref != "auto":
+        return pref
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def resolve_dtype(pref: str, device: str) -> str:
+    if pref != "auto":
+        return pref
+    return "float16" if device.startswith("cuda") else "float32"
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, jobs: JobService, assets: AssetService, models: ModelManager,
+                 worker_id: str) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.assets = assets
+        self.models = models
+        self.db = jobs.db
+        self.worker_id = worker_id
+        self.stopping = threading.Event()
+        self.active: set[str] = set()
+        self._lock = threading.Lock()
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+
+    # -- claim ---------------------------------------------------------------------------
+    def _claim(self, job_id: str) -> bool:
+        now = utcnow()
+        with self.db.session() as s:
+            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+                          .values(status="running", worker_id=self.worker_id, started_at=now, heartbeat_at=now,
+                                  progress=0.0, message="starting")).rowcount
+        return n == 1
+
+    def _set(self, job_id: str, **values: Any) -> None:
+        with self.db.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+    # -- execute -------------------------------------------------------------------------
+    def execute(self, job_id: str) -> str:
+        """Run a queued job to a terminal status; returns that status ('skipped' if not claimable)."""
+        if self.stopping.is_set() or not self._claim(job_id):
+            return "skipped"
+        with self._lock:
+            self.active.add(job_id)
+        work = self.settings.work_root / job_id
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            return self._execute(job_id, work)
+        finally:
+            with self._lock:
+                self.active.discard(job_id)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _execute(self, job_id: str, work: Path) -> str:
+        job = self.jobs.get(job_id)
+        try:
+            engine_cls = registry.get(job.engine)
+            params = engine_cls.params_model.model_validate(job.params)
+            ctx = self._context(job_id, work)
+            t0 = time.perf_counter()
+            result = engine_cls().run(params, ctx)
+            ctx.check_cancelled()
+            elapsed = time.perf_counter() - t0
+        except Cancelled:
+            if self.stopping.is_set() and not self._cancel_requested(job_id):
+                self._interrupt(job_id)
+                return "failed"
+            self._finish(job_id, "canceled", message="canceled")
+            return "canceled"
+        except EngineError as e:
+            self._finish(job_id, "failed", error_type=e.error_type, error_message=_one_line(e))
+            return "failed"
+        except ValidationError as e:
+            self._finish(job_id, "failed", error_type="invalid_params", error_message=_one_line(e))
+            return "failed"
+        except Exception as e:  # an engine bug or resource failure: keep the traceback
+            etype = "out_of_memory" if "out of memory" in str(e).lower() else "exception"
+            log.exception("job %s failed", job_id)
+            self._finish(job_id, "failed", error_type=etype, error_message=f"{type(e).__name__}: {_one_line(e)}",
+                         error_traceback=traceback.format_exc())
+            return "failed"
+
+        with self.db.session() as s:
+            for art in result.artifacts:
+                path = Path(art.path)
+                if not path.is_file() or work not in path.resolve().parents:
+                    raise RuntimeError(f"engine {job.engine} returned an artifact outside its work dir: {path}")
+                meta = dict(art.meta) | {"engine": job.engine, "job_id": job_id}
+                self.assets.record(s, path, filename=path.name, kind=art.kind, mime=art.mime, job_id=job_id, meta=meta)
+            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+                status="completed", progress=1.0, message=f"done in {elapsed:.1f}s", finished_at=utcnow(),
+                result_meta=dict(result.meta) | {"seconds": round(elapsed, 3), "device": self.device,
+                                                  "dtype": self.dtype})).rowcount
+            if n == 0:  # someone (recovery) already finalised it: keep their verdict
+                s.rollback()
+                return "failed"
+        return "completed"
+
+    def _finish(self, job_id: str, status: str, **values: Any) -> None:
+        with self.db.session() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+                status=status, finished_at=utcnow(), **values))
+
+    def _interrupt(self, job_id: str) -> None:
+        self._finish(job_id, "failed", error_type="interrupted", message="interrupted",
+                     error_message="the worker was stopped while running this job")
+        try:
+            idem = registry.get(self.jobs.get(job_id).engine).idempotent
+        except (KeyError, ImportError):
+            idem = False
+        if idem and self.jobs.auto_retry_depth(job_id) < self.jobs.max_auto_retries:
+            self.jobs.retry(job_id, auto=True)
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            return bool(job and job.cancel_requested)
+
+    # -- context -------------------------------------------------------------------------
+    def _context(self, job_id: str, work: Path) -> EngineContext:
+        throttle = Throttle(self.settings.progress_per_s)
+        preview_dest = self.settings.previews_dir / f"{job_id}.png"
+        check = {"t": 0.0, "v": False}
+
+        def report(ev: ProgressEvent) -> None:
+            final = ev.total > 0 and ev.step >= ev.total
+            if not throttle.ready(force=final):
+                return
+            values: dict[str, Any] = {"progress": ev.fraction, "message": ev.message or f"step {ev.step}/{ev.total}",
+                                      "heartbeat_at": utcnow()}
+            if ev.preview is not None and Path(ev.preview).is_file():
+                atomic_write_bytes(preview_dest, Path(ev.preview).read_bytes())
+                values["preview_path"] = str(preview_dest)
+            self._set(job_id, **values)
+
+        def is_cancelled() -> bool:
+            if self.stopping.is_set():
+                return True
+            now = time.monotonic()
+            if now - check["t"] >= 0.05:  # a PK lookup at most 20×/s
+                check["t"] = now
+                check["v"] = self._cancel_requested(job_id)
+            return check["v"]
+
+        def load_model(ref: str, key: str, build: Any) -> Any:
+            return self.models.load(ref, key, build, self.device, self.dtype)
+
+        return EngineContext(work_dir=work, device=self.device, dtype=self.dtype, report=report,
+                             is_cancelled=is_cancelled, load_model=load_model,
+                             resolve_input=self.assets.path)
+
+    # -- heartbeat -----------------------------------------------------------------------
+    def beat(self) -> None:
+        with self._lock:
+            ids = list(self.active)
+        if ids:
+            with self.db.session() as s:
+                s.execute(update(Job).where(Job.id.in_(ids)).values(heartbeat_at=utcnow()))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -1,0 +1,54 @@
+"""The composition root: the one place concrete classes are chosen and connected."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from storage.db import Database
+from storage.files import AssetFileStore
+from studio.assets import AssetService
+from studio.config import Settings
+from studio.jobs import JobService
+from studio.model_manager import ModelManager
+from studio.queue import JobQueue
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    assets: AssetService
+    jobs: JobService
+    models: ModelManager
+    queue: JobQueue
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build(settings: Settings, *, upgrade: bool = True) -> Services:
+    """Open (and migrate) the store and wire the services for one process."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    settings.ensure_dirs()
+    db = Database(settings.db_path)
+    if upgrade:
+        db.upgrade()
+    files = AssetFileStore(settings.assets_dir)
+    assets = AssetService(settings, db, files)
+    queue = JobQueue(settings)
+    jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries)
+    models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model)
+    return Services(settings, db, assets, jobs, models, queue)
+
+
+def new_worker_id(role: str = "worker") -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:6]}"
+
+
+def build_runner(services: Services, role: str = "worker"):  # noqa: ANN201
+    from studio.runner import JobRunner
+
+    return JobRunner(services.settings, services.jobs, services.assets, services.models, new_worker_id(role))

@@ -1,0 +1,106 @@
+"""Shared fixtures: a real SQLite data dir, real services, and a launched Studio
+(web + huey consumer process) on a free loopback port."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_ENGINES = "test-steps=tests.fake_engines:StepEngine"
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ["STUDIO_EXTRA_ENGINES"] = TEST_ENGINES
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def settings(tmp_path: Path):  # noqa: ANN201
+    from studio.config import load
+
+    return load(tmp_path / "data", poll_s=0.02, heartbeat_s=0.5, stale_after_s=5.0)
+
+
+@pytest.fixture
+def services(settings) -> Iterator[Any]:  # noqa: ANN001
+    from studio.wiring import build
+
+    svc = build(settings)
+    yield svc
+    svc.close()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def studio_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"STUDIO_EXTRA_ENGINES": TEST_ENGINES, "GRADIO_ANALYTICS_ENABLED": "False",
+                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    env.update(extra or {})
+    return env
+
+
+class StudioProcess:
+    """``launch.py`` as a user runs it; stopped with SIGINT like Ctrl-C."""
+
+    def __init__(self, data_dir: Path, port: int, extra_args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = data_dir.parent / f"launch-{port}.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "launch.py", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+             *(extra_args or [])],
+            cwd=ROOT, env=studio_env({"STUDIO_STALE_AFTER_S": "5", "STUDIO_HEARTBEAT_S": "0.5"}),
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        from studio.server import wait_http
+
+        try:
+            wait_http(self.url + "/healthz", timeout=120)
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"Studio did not start:\n{self.log.read_text()[-3000:]}") from None
+
+    def worker_ready(self, timeout: float = 60.0) -> None:
+        log = self.data_dir / "logs" / "worker.log"
+        wait_for(lambda: log.exists() and "worker ready" in log.read_text(), timeout, 0.2, "worker ready")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioProcess]:
+    srv = StudioProcess(tmp_path_factory.mktemp("studio") / "data", free_port())
+    srv.worker_ready()
+    yield srv
+    srv.stop()

@@ -1,0 +1,1 @@
+"""Gradio UI. Talks to studio services only (never storage/ or engines/ directly)."""

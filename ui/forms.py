@@ -1,0 +1,89 @@
+"""Params JSON schema → Gradio components, and component values → params dict.
+
+Fields are mapped by name, never by position, so the UI cannot drift from the params
+models: adding a field to an engine's params adds a control here automatically.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+
+INPUT_FILE_MARK = "studio-input"
+
+
+def _resolve(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in prop:
+        return defs.get(prop["$ref"].split("/")[-1], {}) | {k: v for k, v in prop.items() if k != "$ref"}
+    if "anyOf" in prop:  # Optional[X]: use the non-null branch
+        non_null = [p for p in prop["anyOf"] if p.get("type") != "null"]
+        if len(non_null) == 1:
+            return _resolve(non_null[0], defs) | {k: v for k, v in prop.items() if k != "anyOf"}
+    return prop
+
+
+def is_file_field(prop: dict[str, Any]) -> bool:
+    return prop.get("format") == INPUT_FILE_MARK or any(
+        p.get("format") == INPUT_FILE_MARK for p in prop.get("anyOf", []))
+
+
+def build_form(schema: dict[str, Any], elem_prefix: str = "") -> dict[str, gr.components.Component]:
+    """Create one component per property, labelled and ranged from the schema."""
+    defs = schema.get("$defs", {})
+    required = set(schema.get("required", []))
+    comps: dict[str, gr.components.Component] = {}
+    for name, raw in schema.get("properties", {}).items():
+        prop = _resolve(raw, defs)
+        label = (prop.get("title") or name.replace("_", " ").title()) + (" *" if name in required else "")
+        info = prop.get("description")
+        default = prop.get("default")
+        elem_id = f"{elem_prefix}{name}"
+        kind = prop.get("type")
+        if is_file_field(raw):
+            comps[name] = gr.File(label=label, elem_id=elem_id)
+        elif "enum" in prop:
+            comps[name] = gr.Dropdown(choices=list(prop["enum"]), value=default, label=label, info=info, elem_id=elem_id)
+        elif kind == "boolean":
+            comps[name] = gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id)
+        elif kind in ("integer", "number"):
+            lo = prop.get("minimum", prop.get("exclusiveMinimum"))
+            hi = prop.get("maximum", prop.get("exclusiveMaximum"))
+            step = 1 if kind == "integer" else prop.get("multipleOf", 0.01)
+            if lo is not None and hi is not None and hi - lo <= 10000:
+                comps[name] = gr.Slider(lo, hi, value=default if default is not None else lo, step=step,
+                                        label=label, info=info, elem_id=elem_id)
+            else:
+                comps[name] = gr.Number(value=default, label=label, info=info, precision=0 if kind == "integer" else None,
+                                        elem_id=elem_id)
+        elif kind in ("array", "object"):
+            comps[name] = gr.Code(value=json.dumps(default if default is not None else ([] if kind == "array" else {})),
+                                  language="json", label=f"{label} (JSON)", elem_id=elem_id)
+        else:
+            multiline = "prompt" in name
+            comps[name] = gr.Textbox(value=default if default is not None else "", label=label, info=info,
+                                     lines=3 if multiline else 1, elem_id=elem_id)
+    return comps
+
+
+def collect(schema: dict[str, Any], comps: dict[str, Any], values: dict[Any, Any], upload) -> dict[str, Any]:  # noqa: ANN001
+    """Turn component values into a params dict; file fields are uploaded as assets via ``upload``."""
+    defs = schema.get("$defs", {})
+    params: dict[str, Any] = {}
+    for name, comp in comps.items():
+        raw = schema["properties"][name]
+        prop = _resolve(raw, defs)
+        v = values.get(comp)
+        if is_file_field(raw):
+            if v:
+                path = v if isinstance(v, str) else getattr(v, "name", None) or v.get("path")
+                params[name] = upload(path)
+            continue
+        if prop.get("type") in ("array", "object"):
+            v = json.loads(v) if isinstance(v, str) and v.strip() else v
+        if prop.get("type") == "integer" and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if v is None or (v == "" and prop.get("type") != "string"):
+            continue
+        params[name] = v
+    return params
