@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,37 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait()
 
 
+class WorkerSupervisor:
+    """Keeps one worker process alive: a crashed worker (OOM kill, segfault) is restarted,
+    and its recovery pass fails/re-enqueues what it was running."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.proc = spawn_worker(settings, workers)
+        self._stop = threading.Event()
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self._stop.wait(0.5):
+            if self.proc.poll() is None:
+                continue
+            log.warning("worker exited with %s; restarting in %.0fs", self.proc.returncode, delay)
+            if self._stop.wait(delay):
+                return
+            self.proc = spawn_worker(self.settings, self.workers)
+            self.restarts += 1
+            delay = min(delay * 2, 30.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        stop_worker(self.proc)
+
+
 def serve(settings: Settings, *, worker: bool = True, workers: int | None = None) -> int:
     import uvicorn
 
@@ -64,13 +96,13 @@ def serve(settings: Settings, *, worker: bool = True, workers: int | None = None
     services = build(settings)
     services.assets.sweep_orphans()
     app = create_app(services)
-    proc = spawn_worker(settings, workers or settings.workers) if worker else None
+    sup = WorkerSupervisor(settings, workers or settings.workers) if worker else None
     print(f"Studio on http://{settings.host}:{settings.port}/  (data: {settings.data_dir})", flush=True)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
-        if proc is not None:
-            stop_worker(proc)
+        if sup is not None:
+            sup.stop()
         services.close()
     return 0
 
