@@ -23,6 +23,10 @@ def _resolve(prop: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return prop
 
 
+def _nullable(prop: dict[str, Any]) -> bool:
+    return any(p.get("type") == "null" for p in prop.get("anyOf", []))
+
+
 def is_file_field(prop: dict[str, Any]) -> bool:
     return prop.get("format") == INPUT_FILE_MARK or any(
         p.get("format") == INPUT_FILE_MARK for p in prop.get("anyOf", []))
@@ -41,28 +45,31 @@ def build_form(schema: dict[str, Any], elem_prefix: str = "") -> dict[str, gr.co
         elem_id = f"{elem_prefix}{name}"
         kind = prop.get("type")
         if is_file_field(raw):
-            comps[name] = gr.File(label=label, elem_id=elem_id)
+            comps[name] = gr.File(label=label, elem_id=elem_id, interactive=True)
         elif "enum" in prop:
-            comps[name] = gr.Dropdown(choices=list(prop["enum"]), value=default, label=label, info=info, elem_id=elem_id)
+            comps[name] = gr.Dropdown(choices=list(prop["enum"]), value=default, label=label, info=info, elem_id=elem_id, interactive=True)
         elif kind == "boolean":
-            comps[name] = gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id)
+            comps[name] = gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id, interactive=True)
+        elif kind in ("integer", "number") and _nullable(raw):
+            comps[name] = gr.Textbox(value="" if default is None else str(default), label=label,
+                                     info=(info or "") + " (leave empty for none)", elem_id=elem_id, interactive=True)
         elif kind in ("integer", "number"):
             lo = prop.get("minimum", prop.get("exclusiveMinimum"))
             hi = prop.get("maximum", prop.get("exclusiveMaximum"))
             step = 1 if kind == "integer" else prop.get("multipleOf", 0.01)
-            if lo is not None and hi is not None and hi - lo <= 10000:
+            if lo is not None and hi is not None and hi - lo <= 1000:
                 comps[name] = gr.Slider(lo, hi, value=default if default is not None else lo, step=step,
-                                        label=label, info=info, elem_id=elem_id)
+                                        label=label, info=info, elem_id=elem_id, interactive=True)
             else:
                 comps[name] = gr.Number(value=default, label=label, info=info, precision=0 if kind == "integer" else None,
-                                        elem_id=elem_id)
+                                        elem_id=elem_id, interactive=True)
         elif kind in ("array", "object"):
             comps[name] = gr.Code(value=json.dumps(default if default is not None else ([] if kind == "array" else {})),
-                                  language="json", label=f"{label} (JSON)", elem_id=elem_id)
+                                  language="json", label=f"{label} (JSON)", elem_id=elem_id, interactive=True)
         else:
             multiline = "prompt" in name
             comps[name] = gr.Textbox(value=default if default is not None else "", label=label, info=info,
-                                     lines=3 if multiline else 1, elem_id=elem_id)
+                                     lines=3 if multiline else 1, elem_id=elem_id, interactive=True)
     return comps
 
 
@@ -79,6 +86,14 @@ def collect(schema: dict[str, Any], comps: dict[str, Any], values: dict[Any, Any
                 path = v if isinstance(v, str) else getattr(v, "name", None) or v.get("path")
                 params[name] = upload(path)
             continue
+        if prop.get("type") in ("integer", "number") and isinstance(v, str):
+            v = v.strip()
+            if not v:
+                continue
+            try:
+                v = int(v) if prop["type"] == "integer" else float(v)
+            except ValueError:
+                raise ValueError(f"{name}: {v!r} is not a number") from None
         if prop.get("type") in ("array", "object"):
             v = json.loads(v) if isinstance(v, str) and v.strip() else v
         if prop.get("type") == "integer" and isinstance(v, float) and v.is_integer():

@@ -1,0 +1,57 @@
+"""A real browser (Debian Chromium via Playwright) opens the UI, submits a job from the
+generated form, watches it finish, then sees it in the Queue tab."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: .ci/run installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_submit_job_from_ui_and_see_it_finish(studio_server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#run-engine", timeout=60000)
+    # pick the test engine in the engine dropdown
+    page.locator("#run-engine input").click()
+    page.locator("#run-engine input").fill("test-steps")
+    page.get_by_role("option", name="test-steps").click()
+    page.wait_for_selector("#run-p-steps", timeout=30000)
+    page.locator("#run-p-prompt textarea").fill("browser job")
+    steps = page.locator("#run-p-steps input[type=number]")
+    steps.fill("4")
+    steps.press("Tab")
+    page.locator("#run-submit").click()
+    status = page.locator("#run-status")
+    status.get_by_text("completed").wait_for(timeout=60000)
+    page.screenshot(path=str(tmp_path / "run.png"))
+    jobs = __import__("httpx").get(studio_server.url + "/api/v1/jobs", params={"status": "completed"}).json()
+    mine = [j for j in jobs if j["params"].get("prompt") == "browser job"]
+    assert mine and mine[0]["params"]["steps"] == 4
+    # the gallery shows the output image
+    assert page.locator("#run-gallery img").count() >= 1
+    # the Queue tab lists it
+    page.get_by_role("tab", name="Queue").click()
+    page.wait_for_function("id => document.querySelector('#queue-table').innerText.includes(id)",
+                           arg=mine[0]["id"][:8], timeout=20000)
+    page.screenshot(path=str(tmp_path / "queue.png"))
+    page.close()
