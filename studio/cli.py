@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run queue workers only")
     _data_dir_arg(w)
     w.add_argument("--workers", type=int, default=None, help="worker threads (default 1)")
+    w.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     r = sub.add_parser("run", help="run one job now and write its outputs to --out")
     r.add_argument("engine")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "worker":
         from studio.worker import run_worker
 
-        return run_worker(load(args.data_dir, workers=args.workers), args.workers)
+        return run_worker(load(args.data_dir, workers=args.workers), args.workers, args.parent_pid)
     if args.cmd == "run":
         logging.getLogger().setLevel(logging.WARNING)
         return cmd_run(args)

@@ -41,7 +41,8 @@ def spawn_worker(settings: Settings, workers: int) -> subprocess.Popen:
     """Start ``studio worker`` for the same data dir; its log goes to logs/worker.log."""
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     logf = open(settings.logs_dir / "worker.log", "ab")  # noqa: SIM115 - lives as long as the child
-    cmd = [sys.executable, "-m", "studio", "worker", "--data-dir", str(settings.data_dir), "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "studio", "worker", "--data-dir", str(settings.data_dir), "--workers", str(workers),
+           "--parent-pid", str(os.getpid())]
     return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=str(Path(__file__).resolve().parents[1]))
 
@@ -98,8 +99,15 @@ def serve(settings: Settings, *, worker: bool = True, workers: int | None = None
     app = create_app(services)
     sup = WorkerSupervisor(settings, workers or settings.workers) if worker else None
     print(f"Studio on http://{settings.host}:{settings.port}/  (data: {settings.data_dir})", flush=True)
+
+    def on_term(*_: object) -> None:  # uvicorn re-raises SIGTERM after its shutdown: end via finally
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    except KeyboardInterrupt:
+        pass
     finally:
         if sup is not None:
             sup.stop()

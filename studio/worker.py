@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 
@@ -48,7 +49,8 @@ def recover(services: Services, self_id: str = "") -> dict[str, list[str]]:
     return out
 
 
-def run_worker(settings: Settings, workers: int | None = None) -> int:
+def run_worker(settings: Settings, workers: int | None = None, parent_pid: int | None = None) -> int:
+    """Run the consumer until SIGINT/SIGTERM (or until ``parent_pid``, the web process, is gone)."""
     services = build(settings)
     runner = build_runner(services)
     services.queue.bind(runner.execute)
@@ -60,6 +62,10 @@ def run_worker(settings: Settings, workers: int | None = None) -> int:
     def heartbeat() -> None:
         n = 0
         while not stop.wait(settings.heartbeat_s):
+            if parent_pid and os.getppid() != parent_pid:
+                log.warning("parent process %s is gone; stopping", parent_pid)
+                os.kill(os.getpid(), signal.SIGINT)
+                return
             try:
                 runner.beat()
                 n += 1

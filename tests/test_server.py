@@ -140,3 +140,21 @@ def test_cli_run_writes_files_and_rejects_bad_params(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "studio", "db", "upgrade"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "revision 0001" in r.stdout
+
+
+def test_worker_exits_when_the_web_process_dies(tmp_path: Path) -> None:
+    srv = StudioProcess(tmp_path / "data", free_port())
+    srv.worker_ready()
+    log = (tmp_path / "data" / "logs" / "worker.log").read_text()
+    wpid = int(log.split("worker ready ")[-1].split(":")[1])
+    srv.proc.kill()
+    srv.proc.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(wpid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{wpid}/status").read_text().find("zombie") >= 0
+
+    wait_for(gone, 20, 0.2, "orphaned worker to exit")
