@@ -12,6 +12,7 @@ from functools import lru_cache
 from engines.base import Engine
 
 BUILTIN: dict[str, str] = {
+    "t2i": "engines.t2i.engine:T2IEngine",
 }
 
 

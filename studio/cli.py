@@ -149,8 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         err = done.error or {}
         return fail(f"job {status}: {err.get('message') or done.message}", 1 if status == "failed" else 130)
     out = Path(args.out)
+    names = [a.filename for a in done.assets]
+    unique = all(names) and len(set(names)) == len(names)
     for i, a in enumerate(done.assets):
-        name = a.filename if len(done.assets) == 1 or not a.filename else f"{i:03d}-{a.filename}"
+        name = a.filename if unique else f"{i:03d}-{a.filename or a.id}"
         path = services.assets.export(a.id, out, name)
         if not args.json:
             print(path)

@@ -1,0 +1,1 @@
+"""Text-to-image over any Stable-Diffusion-family diffusers pipeline, with Clockwork."""

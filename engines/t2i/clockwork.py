@@ -1,0 +1,202 @@
+"""Clockwork Diffusion for any diffusers ``UNet2DConditionModel``.
+
+The U-Net is split at its first downsampling: the high-res part (conv_in, time embedding,
+``down_blocks[0]``, ``up_blocks[-1]``, output head) runs every step; the low-res part
+(``down_blocks[1:]``, ``mid_block``, ``up_blocks[:-1]``) runs only on clock steps (every
+``period`` calls, the first always). On the other steps each low-res block returns what
+it produced at the last full step (training-free "reuse"), or — in "adaptor" mode — the
+low-res output ``r_out`` (the output of ``up_blocks[-2]``, which feeds ``up_blocks[-1]``)
+is predicted by a light adaptor φ(r_in, r_out(t+1), t_emb, pooled text), where ``r_in``
+is this step's output of ``down_blocks[0]``.
+
+Block lists come from the model itself, so SD1.x/2.x/SDXL and the embedded model all work.
+Patches are installed only inside ``with Clockwork(...)`` and removed on exit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ClockworkAdaptor(nn.Module):
+    """φ: stride-2 conv over r_out(t+1) (full res) + 1×1 over r_in (half res), plus projected
+    t-embedding and pooled text, two t-conditioned ResBlocks, transposed conv back, and a
+    residual onto r_out(t+1). Small by design (a few % of the U-Net)."""
+
+    def __init__(self, c_out: int, c_in: int, t_dim: int, text_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.config = {"c_out": c_out, "c_in": c_in, "t_dim": t_dim, "text_dim": text_dim, "hidden": hidden}
+        self.down = nn.Conv2d(c_out, hidden, 3, stride=2, padding=1)
+        self.inp = nn.Conv2d(c_in, hidden, 1)
+        self.cond = nn.Linear(t_dim + text_dim, hidden)
+        self.blocks = nn.ModuleList([_ResBlock(hidden, t_dim + text_dim) for _ in range(2)])
+        self.up = nn.ConvTranspose2d(hidden, c_out, 4, stride=2, padding=1)
+        nn.init.zeros_(self.up.weight)  # starts as identity reuse
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, r_in: torch.Tensor, r_prev: torch.Tensor, temb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # r_in: [B, c_in, h/2, w/2]  r_prev: [B, c_out, h, w]  temb: [B, t_dim]  text: [B, text_dim]
+        cond = torch.cat([temb, text], -1)  # [B, t_dim + text_dim]
+        x = self.down(r_prev)  # [B, hidden, h/2, w/2]
+        if x.shape[-2:] != r_in.shape[-2:]:
+            x = nn.functional.interpolate(x, size=r_in.shape[-2:], mode="nearest")
+        x = x + self.inp(r_in) + self.cond(cond)[:, :, None, None]
+        for blk in self.blocks:
+            x = blk(x, cond)
+        d = self.up(x)  # [B, c_out, h, w]
+        if d.shape[-2:] != r_prev.shape[-2:]:
+            d = nn.functional.interpolate(d, size=r_prev.shape[-2:], mode="nearest")
+        return r_prev + d
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch: int, cond_dim: int) -> None:
+        super().__init__()
+        groups = 8 if ch % 8 == 0 else 1
+        self.n1 = nn.GroupNorm(groups, ch)
+        self.c1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.t = nn.Linear(cond_dim, ch)
+        self.n2 = nn.GroupNorm(groups, ch)
+        self.c2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.c1(nn.functional.silu(self.n1(x)))
+        h = h + self.t(cond)[:, :, None, None]
+        h = self.c2(nn.functional.silu(self.n2(h)))
+        return x + h
+
+
+def adaptor_for(unet: Any, hidden: int = 64) -> ClockworkAdaptor:
+    """An untrained adaptor sized for ``unet``."""
+    c_out = _up_out_channels(unet)
+    c_in = unet.config.block_out_channels[0]
+    t_dim = unet.time_embedding.linear_2.out_features
+    text_dim = unet.config.cross_attention_dim
+    if isinstance(text_dim, (list, tuple)):
+        text_dim = text_dim[0]
+    return ClockworkAdaptor(c_out, c_in, t_dim, int(text_dim), hidden)
+
+
+def _up_out_channels(unet: Any) -> int:
+    blk = unet.up_blocks[-2]
+    if getattr(blk, "upsamplers", None):
+        return blk.upsamplers[0].channels
+    return blk.resnets[-1].out_channels
+
+
+class Clockwork:
+    """Context manager installing the clock on ``unet`` for one pipeline call.
+
+    mode: "reuse" (identity adaptor) or "adaptor" (needs ``adaptor``).
+    After the call, ``full_steps`` / ``cheap_steps`` say what ran.
+    """
+
+    def __init__(self, unet: Any, period: int = 2, mode: str = "reuse", adaptor: ClockworkAdaptor | None = None) -> None:
+        if period < 1:
+            raise ValueError("clock period must be ≥ 1")
+        if mode == "adaptor" and adaptor is None:
+            raise ValueError("adaptor mode needs a trained adaptor")
+        if len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2:
+            raise ValueError("Clockwork needs a U-Net with at least two resolution levels")
+        self.unet = unet
+        self.period = period
+        self.mode = mode
+        self.adaptor = adaptor
+        self.low = list(unet.down_blocks[1:]) + [unet.mid_block] + list(unet.up_blocks[:-1])
+        self.r_out_block = unet.up_blocks[-2]
+        self.calls = 0
+        self.full = True
+        self.full_steps = 0
+        self.cheap_steps = 0
+        self.cache: dict[int, Any] = {}
+        self._saved: list[tuple[nn.Module, Any]] = []
+        self._hooks: list[Any] = []
+        self._r_in: torch.Tensor | None = None
+        self._temb: torch.Tensor | None = None
+        self._text: torch.Tensor | None = None
+
+    # -- install / remove ----------------------------------------------------------------
+    def __enter__(self) -> "Clockwork":
+        self._hooks.append(self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True))
+        self._hooks.append(self.unet.down_blocks[0].register_forward_hook(self._grab_r_in))
+        self._hooks.append(self.unet.time_embedding.register_forward_hook(self._grab_temb))
+        for m in self.low:
+            orig = m.forward
+            self._saved.append((m, orig))
+            m.forward = self._patched(m, orig)  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        for m, orig in self._saved:
+            m.forward = orig  # type: ignore[method-assign]
+        self._hooks.clear()
+        self._saved.clear()
+        self.cache.clear()
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _on_unet_call(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.full = self.calls % self.period == 0 or not self.cache
+        self.calls += 1
+        if self.full:
+            self.full_steps += 1
+        else:
+            self.cheap_steps += 1
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        self._text = ehs.mean(1) if ehs is not None else None  # [B, D] pooled text
+
+    def _grab_r_in(self, _m: nn.Module, _inp: Any, out: Any) -> None:
+        self._r_in = out[0] if isinstance(out, tuple) else out
+
+    def _grab_temb(self, _m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        self._temb = out
+
+    def _patched(self, m: nn.Module, orig: Any) -> Any:
+        key = id(m)
+        is_r_out = m is self.r_out_block
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self.full:
+                out = orig(*args, **kwargs)
+                self.cache[key] = out
+                return out
+            cached = self.cache[key]
+            if is_r_out and self.mode == "adaptor":
+                assert self.adaptor is not None and self._r_in is not None and self._temb is not None
+                text = self._text if self._text is not None else torch.zeros(
+                    cached.shape[0], self.adaptor.config["text_dim"], device=cached.device, dtype=cached.dtype)
+                out = self.adaptor(self._r_in, cached, self._temb.to(cached.dtype), text.to(cached.dtype))
+                self.cache[key] = out  # chain: the next cheap step starts from this estimate
+                return out
+            return cached
+
+        return forward
+
+
+def load_adaptor(path: Any, device: str = "cpu", dtype: Any = None) -> ClockworkAdaptor:
+    """Load an adaptor saved by ``save_adaptor`` (safetensors with its config in the metadata)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "clockwork_config" not in meta:
+        raise ValueError(f"{path} is not a Clockwork adaptor (no clockwork_config metadata)")
+    cfg = json.loads(meta["clockwork_config"])
+    a = ClockworkAdaptor(**cfg)
+    a.load_state_dict(load_file(str(path)))
+    return a.to(device=device, dtype=dtype).eval()
+
+
+def save_adaptor(adaptor: ClockworkAdaptor, path: Any, extra: dict[str, Any] | None = None) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = {"clockwork_config": json.dumps(adaptor.config)} | {k: json.dumps(v) for k, v in (extra or {}).items()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in adaptor.state_dict().items()}, str(path), metadata=meta)

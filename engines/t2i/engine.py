@@ -1,0 +1,251 @@
+"""The t2i engine: any SD-family diffusers pipeline, schedulers, seeds, previews,
+cancel per step, provenance in every PNG, optional img2img and Clockwork."""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.base import Artifact, Cancelled, Engine, EngineContext, EngineError, EngineResult, ModelNotFound, ModelSpec
+from engines.t2i.metadata import a1111_parameters, pnginfo
+from engines.t2i.params import T2IParams
+
+VERSION = "Studio 0.1"
+ADAPTOR_FILE = "clockwork_adaptor.safetensors"
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline cached per worker, with what is costly to recompute per job."""
+
+    pipe: Any
+    spec: ModelSpec
+    model_hash: str
+    base_scheduler: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    preview_factors: Any = None
+    img2img: Any = None
+    adaptors: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.path.stem if self.spec.kind == "single_file" else self.spec.path.name if \
+            self.spec.kind != "embedded" else "embedded-world"
+
+
+# -- loading -------------------------------------------------------------------------------
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def model_hash(spec: ModelSpec) -> str:
+    """sha256 of the weights: the file for single files (A1111's 'Model hash' is its first 10
+    hex digits), the U-Net weights for folders."""
+    if spec.sha256:
+        return spec.sha256
+    if spec.kind == "single_file":
+        files = [spec.path]
+    else:
+        files = sorted((spec.path / "unet").glob("*.safetensors")) or sorted((spec.path / "unet").glob("*.bin"))
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_sdxl_single_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(k.startswith("conditioner.embedders.1") for k in f.keys())
+
+
+def load_pipeline(spec: ModelSpec, device: str, dtype: str) -> LoadedPipeline:
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch_dtype = _torch_dtype(dtype)
+    if device == "cpu" and torch_dtype == torch.float16:
+        torch_dtype = torch.float32  # fp16 convs are not implemented/slow on CPU
+    try:
+        if spec.kind == "single_file":
+            cls = StableDiffusionXLPipeline if _is_sdxl_single_file(spec.path) else StableDiffusionPipeline
+            pipe = cls.from_single_file(str(spec.path), dtype=torch_dtype, local_files_only=True)
+        else:
+            index = json.loads((spec.path / "model_index.json").read_text())
+            kw: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
+            if "safety_checker" in index:
+                kw |= {"safety_checker": None, "requires_safety_checker": False}
+            pipe = DiffusionPipeline.from_pretrained(str(spec.path), **kw)
+    except (OSError, ValueError, EnvironmentError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if spec.kind == "single_file":
+            raise ModelNotFound(f"cannot load {spec.path.name} offline: {msg} (single-file loading needs the base "
+                                "model's config in the local Hugging Face cache; a diffusers folder needs nothing)") from None
+        raise ModelNotFound(f"cannot load model at {spec.path}: {msg}") from None
+    if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
+        raise EngineError(f"{type(pipe).__name__} is not a U-Net Stable Diffusion pipeline")
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe=pipe, spec=spec, model_hash=model_hash(spec), base_scheduler=dict(pipe.scheduler.config))
+
+
+# -- schedulers ----------------------------------------------------------------------------
+def make_scheduler(name: str, base: dict[str, Any]) -> Any:
+    import diffusers as d
+
+    table: dict[str, tuple[Any, dict[str, Any]]] = {
+        "DPM++ 2M": (d.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                      "use_karras_sigmas": False}),
+        "DPM++ 2M Karras": (d.DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                             "use_karras_sigmas": True}),
+        "Euler": (d.EulerDiscreteScheduler, {}),
+        "Euler a": (d.EulerAncestralDiscreteScheduler, {}),
+        "DDIM": (d.DDIMScheduler, {}),
+        "UniPC": (d.UniPCMultistepScheduler, {}),
+        "LCM": (d.LCMScheduler, {}),
+    }
+    if name == "model default":
+        cls = getattr(d, base.get("_class_name", "PNDMScheduler"))
+        return cls.from_config(base)
+    cls, kw = table[name]
+    return cls.from_config(base, **kw)
+
+
+def adaptor_path(spec: ModelSpec) -> Path:
+    """Where a model's Clockwork adaptor lives: inside a folder model, beside a single file."""
+    if spec.path.is_dir():
+        return spec.path / ADAPTOR_FILE
+    return spec.path.with_suffix(".clockwork.safetensors")
+
+
+# -- the engine ----------------------------------------------------------------------------
+class T2IEngine(Engine):
+    name = "t2i"
+    title = "Generate"
+    description = "Text-to-image with any Stable-Diffusion-family model (embedded model by default)."
+    params_model = T2IParams
+    idempotent = True
+
+    def run(self, params: T2IParams, ctx: EngineContext) -> EngineResult:
+        import torch
+
+        ctx.progress(0, 1, "loading model")
+        loaded: LoadedPipeline = ctx.model(params.model, "t2i", lambda spec: load_pipeline(spec, ctx.device, ctx.dtype))
+        with loaded.lock, torch.inference_mode():
+            return self._generate(loaded, params, ctx)
+
+    def _generate(self, loaded: LoadedPipeline, params: T2IParams, ctx: EngineContext) -> EngineResult:
+        import torch
+
+        pipe = loaded.pipe
+        f = pipe.vae_scale_factor
+        native = pipe.unet.config.sample_size * f
+        width, height = params.width or native, params.height or native
+        if width % f or height % f:
+            raise EngineError(f"width and height must be multiples of {f} for this model (got {width}x{height})")
+        pipe.scheduler = make_scheduler(params.scheduler, loaded.base_scheduler)
+        run_pipe = pipe
+        init = None
+        if params.init_image:
+            from diffusers import AutoPipelineForImage2Image
+            from PIL import Image
+
+            if loaded.img2img is None:
+                loaded.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+                loaded.img2img.set_progress_bar_config(disable=True)
+            run_pipe = loaded.img2img
+            run_pipe.scheduler = pipe.scheduler
+            try:
+                init = Image.open(ctx.resolve_input(params.init_image)).convert("RGB").resize((width, height))
+            except OSError as e:
+                raise EngineError(f"cannot read init_image: {e}") from None
+        steps_per_pass = max(1, min(int(params.steps * params.strength), params.steps)) if init else params.steps
+        total = steps_per_pass * params.batch_count
+        seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
+        used = params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height}
+        preview_path = ctx.work_dir / "preview.png"
+        adaptor = self._adaptor(loaded, ctx) if params.clockwork == "adaptor" else None
+        artifacts: list[Artifact] = []
+        done = 0
+        cheap = 0
+        for b in range(params.batch_count):
+            ctx.check_cancelled()
+            seeds = [(seed + b * params.batch_size + k) % 2**32 for k in range(params.batch_size)]
+            gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+
+            def on_step(_p: Any, i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+                ctx.check_cancelled()  # raises Cancelled out of the pipeline: stops within one step
+                step = done + i + 1
+                pv = None
+                if params.preview_every and (i + 1) % params.preview_every == 0 and i + 1 < steps_per_pass:
+                    pv = self._preview(loaded, kw["latents"][0], preview_path, ctx.device)
+                ctx.progress(step, total, f"step {step}/{total}", pv)
+                return kw
+
+            call: dict[str, Any] = dict(prompt=[params.prompt] * params.batch_size,
+                                        negative_prompt=[params.negative_prompt] * params.batch_size,
+                                        num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
+                                        generator=gens, callback_on_step_end=on_step, output_type="pil")
+            if init is not None:
+                call |= {"image": init, "strength": params.strength}
+            else:
+                call |= {"height": height, "width": width}
+            try:
+                if params.clockwork != "off":
+                    from engines.t2i.clockwork import Clockwork
+
+                    with Clockwork(run_pipe.unet, params.clock_period, params.clockwork, adaptor) as cw:
+                        images = run_pipe(**call).images
+                    cheap += cw.cheap_steps
+                else:
+                    images = run_pipe(**call).images
+            except Cancelled:
+                raise
+            except torch.OutOfMemoryError as e:
+                raise EngineError(f"out of memory at {width}x{height}, batch {params.batch_size}: lower the size "
+                                  f"or batch ({str(e).splitlines()[0]})") from None
+            done += steps_per_pass
+            for k, (img, s) in enumerate(zip(images, seeds)):
+                idx = b * params.batch_size + k
+                studio_meta = {"params": used, "seed": s, "index": idx, "model": {
+                    "ref": params.model, "kind": loaded.spec.kind, "name": loaded.name, "hash": loaded.model_hash},
+                    "device": ctx.device, "dtype": str(pipe.unet.dtype).replace("torch.", ""), "version": VERSION}
+                text = a1111_parameters(used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION)
+                path = ctx.work_dir / f"{seed}-{idx:03d}.png"
+                img.save(path, pnginfo=pnginfo(text, studio_meta))
+                artifacts.append(Artifact(path, "image", "image/png", {
+                    "prompt": params.prompt, "negative_prompt": params.negative_prompt, "seed": s, "index": idx,
+                    "params": used, "model_hash": loaded.model_hash, "parameters": text}))
+        return EngineResult(artifacts, {"seed": seed, "images": len(artifacts), "model": loaded.name,
+                                        "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
+                                        "steps_total": total})
+
+    @staticmethod
+    def _preview(loaded: LoadedPipeline, latents: Any, dest: Path, device: str) -> Path:
+        from engines.t2i.preview import fit_factors, latents_to_image
+
+        if loaded.preview_factors is None:
+            loaded.preview_factors = fit_factors(loaded.pipe.vae, latents.shape[0], device)
+        latents_to_image(latents, loaded.preview_factors).save(dest)
+        return dest
+
+    @staticmethod
+    def _adaptor(loaded: LoadedPipeline, ctx: EngineContext) -> Any:
+        from engines.t2i.clockwork import load_adaptor
+
+        if "default" not in loaded.adaptors:
+            path = adaptor_path(loaded.spec)
+            if not path.is_file():
+                raise EngineError(f"no Clockwork adaptor trained for this model ({path} is missing); use "
+                                  "clockwork=reuse or train one with `studio train-clockwork`")
+            loaded.adaptors["default"] = load_adaptor(path, ctx.device, loaded.pipe.unet.dtype)
+        return loaded.adaptors["default"]

@@ -1,0 +1,44 @@
+"""T2I params (light module: no torch import, so listing schemas stays fast)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from engines.base import Params, input_field
+
+SCHEDULERS = ("DPM++ 2M", "DPM++ 2M Karras", "Euler", "Euler a", "DDIM", "UniPC", "LCM", "model default")
+Scheduler = Literal["DPM++ 2M", "DPM++ 2M Karras", "Euler", "Euler a", "DDIM", "UniPC", "LCM", "model default"]
+
+
+class T2IParams(Params):
+    model: str = Field("embedded", description="model: 'embedded', a registered name, a local diffusers folder, "
+                                               "a .safetensors file, or a hub id in the local cache")
+    prompt: str = Field(..., min_length=1, max_length=4000, description="what to draw")
+    negative_prompt: str = Field("", max_length=4000, description="what to avoid")
+    steps: int = Field(20, ge=1, le=150, description="denoising steps")
+    guidance_scale: float = Field(7.0, ge=0.0, le=30.0, description="classifier-free guidance (CFG) scale; ≤1 = off")
+    width: int | None = Field(None, ge=32, le=2048, description="image width in pixels (default: the model's native size)")
+    height: int | None = Field(None, ge=32, le=2048, description="image height in pixels (default: the model's native size)")
+    seed: int = Field(-1, ge=-1, le=2**32 - 1, description="-1 = random; image k of a run uses seed + k")
+    batch_size: int = Field(1, ge=1, le=16, description="images per pass")
+    batch_count: int = Field(1, ge=1, le=32, description="passes (batch_size × batch_count images)")
+    scheduler: Scheduler = Field("DPM++ 2M", description="sampler")
+    clockwork: Literal["off", "reuse", "adaptor"] = Field(
+        "off", description="Clockwork: reuse = training-free reuse of low-res U-Net features on non-clock steps; "
+                           "adaptor = learned adaptor (needs one trained for this model)")
+    clock_period: int = Field(2, ge=2, le=16, description="Clockwork: a full U-Net pass every N steps")
+    init_image: str | None = input_field("img2img: start from this image (asset id or path)", kinds=("image",),
+                                         default=None)
+    strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much to change the init image")
+    preview_every: int = Field(5, ge=0, le=150, description="live preview every N steps (0 = off)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "T2IParams":
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and v % 8:
+                raise ValueError(f"{name} must be a multiple of 8 (got {v})")
+        if self.init_image is None and self.strength != 0.75:
+            raise ValueError("strength only applies with init_image (img2img)")
+        return self

@@ -1,0 +1,123 @@
+"""The t2i engine on a tiny real diffusers pipeline (random weights, saved to disk)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engines.base import Cancelled, EngineContext, EngineError, ModelSpec
+from engines.t2i.engine import T2IEngine
+from engines.t2i.metadata import read_png_metadata
+from engines.t2i.params import SCHEDULERS, T2IParams
+from tests.tiny_sd import make_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+def make_ctx(tmp_path: Path, cache: dict, **kw) -> EngineContext:  # noqa: ANN003
+    work = tmp_path / "work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    def load(ref: str, key: str, build):  # noqa: ANN001, ANN202
+        if (ref, key) not in cache:
+            cache[(ref, key)] = build(ModelSpec(ref=ref, kind="diffusers", path=Path(ref)))
+        return cache[(ref, key)]
+
+    return EngineContext(work_dir=work, load_model=load, **kw)
+
+
+@pytest.fixture(scope="module")
+def cache() -> dict:
+    return {}
+
+
+def params(tiny: Path, **kw) -> T2IParams:  # noqa: ANN003
+    base = {"model": str(tiny), "prompt": "a red star on a blue background", "steps": 4, "seed": 7, "preview_every": 0}
+    return T2IParams(**(base | kw))
+
+
+def test_generates_batches_with_provenance(tiny, cache, tmp_path) -> None:  # noqa: ANN001
+    events = []
+    res = T2IEngine().run(params(tiny, batch_size=2, batch_count=2, negative_prompt="blurry", preview_every=2),
+                          make_ctx(tmp_path, cache, report=events.append))
+    assert len(res.artifacts) == 4
+    seeds = [a.meta["seed"] for a in res.artifacts]
+    assert seeds == [7, 8, 9, 10]
+    meta = read_png_metadata(str(res.artifacts[1].path))
+    text = meta["parameters"]
+    assert text.startswith("a red star on a blue background\nNegative prompt: blurry\nSteps: 4, Sampler: DPM++ 2M")
+    assert "Seed: 8" in text and "Size: 32x32" in text and "Model hash: " in text
+    assert meta["studio"]["params"]["prompt"] == "a red star on a blue background"
+    assert meta["studio"]["model"]["hash"] == res.meta["model_hash"]
+    steps = [e.step for e in events if e.total == 8]
+    assert steps == sorted(steps) and steps[-1] == 8
+    assert any(e.preview is not None and Path(e.preview).is_file() for e in events)
+
+
+def test_same_seed_is_byte_identical_and_random_seed_is_recorded(tiny, cache, tmp_path) -> None:  # noqa: ANN001
+    a = T2IEngine().run(params(tiny, seed=123), make_ctx(tmp_path / "a", cache))
+    b = T2IEngine().run(params(tiny, seed=123), make_ctx(tmp_path / "b", cache))
+    assert a.artifacts[0].path.read_bytes() == b.artifacts[0].path.read_bytes()
+    c = T2IEngine().run(params(tiny, seed=124), make_ctx(tmp_path / "c", cache))
+    assert a.artifacts[0].path.read_bytes() != c.artifacts[0].path.read_bytes()
+    r = T2IEngine().run(params(tiny, seed=-1), make_ctx(tmp_path / "r", cache))
+    used = r.meta["seed"]
+    assert 0 <= used < 2**32 and r.artifacts[0].meta["params"]["seed"] == used
+    again = T2IEngine().run(params(tiny, seed=used), make_ctx(tmp_path / "r2", cache))
+    assert again.artifacts[0].path.read_bytes() == r.artifacts[0].path.read_bytes()
+
+
+def test_cancel_stops_within_one_step(tiny, cache, tmp_path) -> None:  # noqa: ANN001
+    seen = []
+
+    def cancelled() -> bool:
+        return len(seen) >= 2
+
+    ctx = make_ctx(tmp_path, cache, report=lambda e: seen.append(e.step) if e.total == 20 else None,
+                   is_cancelled=cancelled)
+    with pytest.raises(Cancelled):
+        T2IEngine().run(params(tiny, steps=20), ctx)
+    assert max(seen) <= 3
+
+
+@pytest.mark.parametrize("scheduler", [s for s in SCHEDULERS])
+def test_every_scheduler_runs(tiny, cache, tmp_path, scheduler) -> None:  # noqa: ANN001
+    res = T2IEngine().run(params(tiny, steps=3, scheduler=scheduler, guidance_scale=1.5 if scheduler == "LCM" else 7),
+                          make_ctx(tmp_path, cache))
+    assert Image.open(res.artifacts[0].path).size == (32, 32)
+
+
+def test_img2img_and_size_checks(tiny, cache, tmp_path) -> None:  # noqa: ANN001
+    init = tmp_path / "init.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(init)
+    res = T2IEngine().run(params(tiny, steps=10, init_image=str(init), strength=0.5, width=48, height=48),
+                          make_ctx(tmp_path, cache, resolve_input=Path))
+    assert Image.open(res.artifacts[0].path).size == (48, 48)
+    assert res.meta["steps_total"] == 5
+    with pytest.raises(ValueError, match="multiple of 8"):
+        params(tiny, width=33)
+    with pytest.raises(ValueError, match="strength only applies"):
+        params(tiny, strength=0.3)
+
+
+def test_clockwork_reuse_runs_cheap_steps_and_adaptor_needs_training(tiny, cache, tmp_path) -> None:  # noqa: ANN001
+    base = T2IEngine().run(params(tiny, steps=8), make_ctx(tmp_path / "a", cache))
+    cw = T2IEngine().run(params(tiny, steps=8, clockwork="reuse", clock_period=2), make_ctx(tmp_path / "b", cache))
+    assert cw.meta["clockwork_cheap_steps"] == 4
+    assert "Clockwork: reuse/2" in cw.artifacts[0].meta["parameters"]
+    a = Image.open(base.artifacts[0].path)
+    b = Image.open(cw.artifacts[0].path)
+    assert a.tobytes() != b.tobytes()  # it really skipped work
+    with pytest.raises(EngineError, match="no Clockwork adaptor"):
+        T2IEngine().run(params(tiny, steps=4, clockwork="adaptor"), make_ctx(tmp_path / "c", cache))
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:  # noqa: ANN001
+    from engines.base import ModelNotFound
+
+    with pytest.raises(ModelNotFound):
+        T2IEngine().run(params(tmp_path / "nope"), make_ctx(tmp_path, {}))
