@@ -142,6 +142,7 @@ class Engine(ABC):
     description: ClassVar[str] = ""
     params_model: ClassVar[type[Params]]
     idempotent: ClassVar[bool] = True
+    model_params: ClassVar[tuple[str, ...]] = ()  # params naming a model: resolved at submit time
 
     @abstractmethod
     def run(self, params: Params, ctx: EngineContext) -> EngineResult:  # pragma: no cover

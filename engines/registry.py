@@ -12,6 +12,9 @@ from functools import lru_cache
 from engines.base import Engine
 
 BUILTIN: dict[str, str] = {
+    "splat-render": "engines.splat.engine:SplatRender",
+    "splat-planes": "engines.splat.engine:SplatPlanes",
+    "splat-reconstruct": "engines.splat.engine:SplatReconstruct",
     "t2i": "engines.t2i.engine:T2IEngine",
 }
 

@@ -10,12 +10,13 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from engines import registry
-from engines.base import INPUT_FILE_MARK
+from engines.base import INPUT_FILE_MARK, ModelNotFound
 from storage.db import Database
 from storage.models import JOB_STATUSES, TERMINAL, Asset, Job, utcnow
 from studio.assets import AssetService, new_id
 from studio.dto import AssetDTO, JobDTO
 from studio.errors import Conflict, InvalidParams, NotFound, StudioError, UploadRejected
+from studio.model_manager import ModelManager
 from studio.queue import JobQueue
 
 Origin = Literal["api", "cli", "ui"]
@@ -52,8 +53,10 @@ def input_fields(engine_name: str) -> dict[str, list[str]]:
 
 
 class JobService:
-    def __init__(self, db: Database, queue: JobQueue | None, assets: AssetService, max_auto_retries: int = 1) -> None:
+    def __init__(self, db: Database, queue: JobQueue | None, assets: AssetService, max_auto_retries: int = 1,
+                 models: ModelManager | None = None) -> None:
         self.db = db
+        self.models = models
         self.queue = queue
         self.assets = assets
         self.max_auto_retries = max_auto_retries
@@ -73,6 +76,12 @@ class JobService:
             if value in (None, ""):
                 continue
             data[name] = self._resolve_input(name, str(value), kinds, origin)
+        if self.models is not None:
+            for name in registry.get(engine).model_params:
+                try:
+                    self.models.resolve(data.get(name))
+                except ModelNotFound as e:
+                    raise InvalidParams([{"field": name, "message": str(e)}]) from None
         job = Job(id=new_id(), engine=engine, params=data, status="queued", priority=priority,
                   retried_from=retried_from, auto_retry=auto_retry, result_meta={})
         with self.db.session() as s:
@@ -181,6 +190,23 @@ class JobService:
                 raise Conflict(f"only failed or canceled jobs can be retried (this one is {job.status})")
             engine, params, priority = job.engine, dict(job.params), job.priority
         return self.submit(engine, params, priority=priority, origin="api", retried_from=job_id, auto_retry=auto)
+
+    def reproduce(self, asset_id: str) -> JobDTO:
+        """Re-run what produced an asset: same engine, params and recorded seed (batch of one
+        when the asset was image k of a batch: its own seed)."""
+        with self.db.session() as s:
+            asset = s.get(Asset, asset_id)
+            if asset is None:
+                raise NotFound(f"no asset {asset_id}")
+            job = s.get(Job, asset.job_id) if asset.job_id else None
+            meta = dict(asset.meta or {})
+        params = meta.get("params")
+        if job is None or not isinstance(params, dict):
+            raise Conflict("this asset has no recorded generation parameters to reproduce")
+        params = dict(params)
+        if "seed" in meta and params.get("batch_size", 1) * params.get("batch_count", 1) > 1:
+            params |= {"seed": meta["seed"], "batch_size": 1, "batch_count": 1}
+        return self.submit(job.engine, params, origin="api")
 
     def auto_retry_depth(self, job_id: str) -> int:
         """How many automatic retries lead to this job (stops crash loops)."""

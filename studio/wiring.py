@@ -39,8 +39,8 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     files = AssetFileStore(settings.assets_dir)
     assets = AssetService(settings, db, files)
     queue = JobQueue(settings)
-    jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries)
     models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model)
+    jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries, models=models)
     return Services(settings, db, assets, jobs, models, queue)
 
 

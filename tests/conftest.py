@@ -104,3 +104,11 @@ def studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioPr
     srv.worker_ready()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real SD pipeline folder (random weights) for tests that generate."""
+    from tests.tiny_sd import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")

@@ -30,6 +30,7 @@ def browser():  # noqa: ANN201
 def test_submit_job_from_ui_and_see_it_finish(studio_server, browser, tmp_path: Path) -> None:  # noqa: ANN001
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Run").click(timeout=60000)
     page.wait_for_selector("#run-engine", timeout=60000)
     # pick the test engine in the engine dropdown
     page.locator("#run-engine input").click()
@@ -54,4 +55,34 @@ def test_submit_job_from_ui_and_see_it_finish(studio_server, browser, tmp_path: 
     page.wait_for_function("id => document.querySelector('#queue-table').innerText.includes(id)",
                            arg=mine[0]["id"][:8], timeout=20000)
     page.screenshot(path=str(tmp_path / "queue.png"))
+    page.close()
+
+
+def test_generate_tab_renders_and_cancels(studio_server, browser, tiny_model, tmp_path: Path) -> None:  # noqa: ANN001
+    import httpx
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#gen-prompt", timeout=60000)
+    page.locator("#gen-prompt textarea").fill("a red star on a blue background")
+    page.locator("#gen-model input").fill(str(tiny_model))
+    page.locator("#gen-model input").press("Enter")
+    steps = page.locator("#gen-steps input[type=number]")
+    steps.fill("6")
+    steps.press("Tab")
+    page.locator("#gen-submit").click()
+    page.locator("#gen-status").get_by_text("completed").wait_for(timeout=120000)
+    page.wait_for_function("() => document.querySelectorAll('#gen-gallery img').length >= 1", timeout=20000)
+    done = [j for j in httpx.get(studio_server.url + "/api/v1/jobs", params={"status": "completed"}).json()
+            if j["engine"] == "t2i"]
+    assert done and done[0]["params"]["steps"] == 6 and done[0]["params"]["model"] == str(tiny_model)
+    # a long run, canceled from the UI
+    steps.fill("150")
+    steps.press("Tab")
+    page.locator("#gen-submit").click()
+    page.wait_for_function("() => document.querySelector('#gen-status').innerText.includes('running')",
+                           timeout=60000)
+    page.locator("#gen-cancel").click()
+    page.locator("#gen-status").get_by_text("canceled").wait_for(timeout=30000)
+    page.screenshot(path=str(tmp_path / "generate.png"))
     page.close()

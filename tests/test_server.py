@@ -158,3 +158,41 @@ def test_worker_exits_when_the_web_process_dies(tmp_path: Path) -> None:
         return Path(f"/proc/{wpid}/status").read_text().find("zombie") >= 0
 
     wait_for(gone, 20, 0.2, "orphaned worker to exit")
+
+
+def test_gradio_client_generates_and_cancels_t2i(studio_server, tiny_model) -> None:  # noqa: ANN001
+    from gradio_client import Client
+
+    client = Client(studio_server.url + "/", verbose=False)
+    p = {"model": str(tiny_model), "prompt": "a green heart", "steps": 4, "seed": 7}
+    jid = client.predict("t2i", json.dumps(p), api_name="/submit_job")
+    st = wait_for(lambda: (s := client.predict(jid, api_name="/job_status"))["status"] in ("completed", "failed") and s,
+                  120, 0.2, "t2i done")
+    assert st["status"] == "completed", st["error"]
+    png = httpx.get(studio_server.url + st["assets"][0]["url"]).content
+    from io import BytesIO
+
+    from PIL import Image
+
+    assert "Seed: 7" in Image.open(BytesIO(png)).text["parameters"]
+    long_id = client.predict("t2i", json.dumps(p | {"steps": 150}), api_name="/submit_job")
+    wait_for(lambda: client.predict(long_id, api_name="/job_status")["progress"] > 0.01, 60, 0.1, "t2i running")
+    client.predict(long_id, api_name="/cancel_job")
+    wait_for(lambda: client.predict(long_id, api_name="/job_status")["status"] == "canceled", 20, 0.1, "canceled")
+
+
+def test_cli_run_t2i_writes_pngs_with_parameters(tmp_path: Path, tiny_model: Path) -> None:
+    env = studio_env({"STUDIO_DATA_DIR": str(tmp_path / "data")})
+    r = subprocess.run([sys.executable, "-m", "studio", "run", "t2i", "--set", f"model={tiny_model}",
+                        "--set", "prompt=a blue ring", "--set", "seed=7", "--set", "steps=3", "--out",
+                        str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    (png,) = [Path(p) for p in r.stdout.split()]
+    text = Image.open(png).text["parameters"]
+    assert text.startswith("a blue ring\n") and "Seed: 7" in text
+    r = subprocess.run([sys.executable, "-m", "studio", "run", "t2i", "--set", "prompt=x", "--set",
+                        "model=/no/such/model", "--out", str(tmp_path / "o2")], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "model: " in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr

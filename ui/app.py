@@ -5,7 +5,7 @@ import gradio as gr
 
 from studio import __version__
 from studio.wiring import Services
-from ui.tabs import gallery, queue, run
+from ui.tabs import gallery, generate, queue, run
 
 
 def build(services: Services) -> gr.Blocks:
@@ -13,6 +13,7 @@ def build(services: Services) -> gr.Blocks:
         gr.Markdown(f"## Studio <small>v{__version__} · data: `{services.settings.data_dir}`</small>",
                     elem_id="studio-header")
         with gr.Tabs():
+            generate.build_tab(services)
             run.build_tab(services)
             queue.build_tab(services)
             gallery.build_tab(services, demo)

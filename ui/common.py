@@ -4,6 +4,7 @@ from __future__ import annotations
 import mimetypes
 import os
 from pathlib import Path
+from typing import Any
 
 from studio.dto import AssetDTO
 from studio.wiring import Services
@@ -33,3 +34,16 @@ def fmt_job_line(j) -> str:  # noqa: ANN001
     pct = f"{j.progress * 100:.0f}%"
     err = f" — {j.error['type']}: {j.error['message']}" if j.error else ""
     return f"**{j.status}** {pct} · `{j.id[:8]}` {j.engine} · {j.message}{err}"
+
+
+def job_outputs(services: Services, job_id: str | None) -> tuple[Any, ...]:
+    """(status markdown, progress %, preview path, gallery items, files) for one job."""
+    if not job_id:
+        return "No job yet.", 0, None, [], []
+    j = services.jobs.get(job_id)
+    preview = services.jobs.preview_path(job_id)
+    images = [(asset_file(services, a), a.meta.get("prompt") or a.filename) for a in j.assets if a.kind == "image"]
+    files = [asset_file(services, a) for a in j.assets]
+    return (fmt_job_line(j), round(j.progress * 100, 1),
+            str(preview) if preview and preview.is_file() and j.status == "running" else None,
+            images, files)

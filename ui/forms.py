@@ -32,12 +32,18 @@ def is_file_field(prop: dict[str, Any]) -> bool:
         p.get("format") == INPUT_FILE_MARK for p in prop.get("anyOf", []))
 
 
-def build_form(schema: dict[str, Any], elem_prefix: str = "") -> dict[str, gr.components.Component]:
-    """Create one component per property, labelled and ranged from the schema."""
+def build_form(schema: dict[str, Any], elem_prefix: str = "", render: bool = True,
+               only: list[str] | None = None) -> dict[str, gr.components.Component]:
+    """Create one component per property, labelled and ranged from the schema.
+
+    ``render=False`` creates them unplaced so a tab can lay them out itself; ``only``
+    restricts to some fields."""
     defs = schema.get("$defs", {})
     required = set(schema.get("required", []))
     comps: dict[str, gr.components.Component] = {}
     for name, raw in schema.get("properties", {}).items():
+        if only is not None and name not in only:
+            continue
         prop = _resolve(raw, defs)
         label = (prop.get("title") or name.replace("_", " ").title()) + (" *" if name in required else "")
         info = prop.get("description")
@@ -45,31 +51,31 @@ def build_form(schema: dict[str, Any], elem_prefix: str = "") -> dict[str, gr.co
         elem_id = f"{elem_prefix}{name}"
         kind = prop.get("type")
         if is_file_field(raw):
-            comps[name] = gr.File(label=label, elem_id=elem_id, interactive=True)
+            comps[name] = gr.File(label=label, elem_id=elem_id, interactive=True, render=render)
         elif "enum" in prop:
-            comps[name] = gr.Dropdown(choices=list(prop["enum"]), value=default, label=label, info=info, elem_id=elem_id, interactive=True)
+            comps[name] = gr.Dropdown(choices=list(prop["enum"]), value=default, label=label, info=info, elem_id=elem_id, interactive=True, render=render)
         elif kind == "boolean":
-            comps[name] = gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id, interactive=True)
+            comps[name] = gr.Checkbox(value=bool(default), label=label, info=info, elem_id=elem_id, interactive=True, render=render)
         elif kind in ("integer", "number") and _nullable(raw):
             comps[name] = gr.Textbox(value="" if default is None else str(default), label=label,
-                                     info=(info or "") + " (leave empty for none)", elem_id=elem_id, interactive=True)
+                                     info=(info or "") + " (leave empty for none)", elem_id=elem_id, interactive=True, render=render)
         elif kind in ("integer", "number"):
             lo = prop.get("minimum", prop.get("exclusiveMinimum"))
             hi = prop.get("maximum", prop.get("exclusiveMaximum"))
             step = 1 if kind == "integer" else prop.get("multipleOf", 0.01)
             if lo is not None and hi is not None and hi - lo <= 1000:
                 comps[name] = gr.Slider(lo, hi, value=default if default is not None else lo, step=step,
-                                        label=label, info=info, elem_id=elem_id, interactive=True)
+                                        label=label, info=info, elem_id=elem_id, interactive=True, render=render)
             else:
                 comps[name] = gr.Number(value=default, label=label, info=info, precision=0 if kind == "integer" else None,
-                                        elem_id=elem_id, interactive=True)
+                                        elem_id=elem_id, interactive=True, render=render)
         elif kind in ("array", "object"):
             comps[name] = gr.Code(value=json.dumps(default if default is not None else ([] if kind == "array" else {})),
-                                  language="json", label=f"{label} (JSON)", elem_id=elem_id, interactive=True)
+                                  language="json", label=f"{label} (JSON)", elem_id=elem_id, interactive=True, render=render)
         else:
             multiline = "prompt" in name
             comps[name] = gr.Textbox(value=default if default is not None else "", label=label, info=info,
-                                     lines=3 if multiline else 1, elem_id=elem_id, interactive=True)
+                                     lines=3 if multiline else 1, elem_id=elem_id, interactive=True, render=render)
     return comps
 
 

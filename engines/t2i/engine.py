@@ -134,6 +134,7 @@ class T2IEngine(Engine):
     description = "Text-to-image with any Stable-Diffusion-family model (embedded model by default)."
     params_model = T2IParams
     idempotent = True
+    model_params = ("model",)
 
     def run(self, params: T2IParams, ctx: EngineContext) -> EngineResult:
         import torch

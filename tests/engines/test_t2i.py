@@ -10,12 +10,11 @@ from engines.base import Cancelled, EngineContext, EngineError, ModelSpec
 from engines.t2i.engine import T2IEngine
 from engines.t2i.metadata import read_png_metadata
 from engines.t2i.params import SCHEDULERS, T2IParams
-from tests.tiny_sd import make_tiny_sd
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 def make_ctx(tmp_path: Path, cache: dict, **kw) -> EngineContext:  # noqa: ANN003

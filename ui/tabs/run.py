@@ -10,21 +10,8 @@ import gradio as gr
 from studio.catalog import engine_list
 from studio.errors import StudioError
 from studio.wiring import Services
-from ui.common import asset_file, fmt_job_line
+from ui.common import fmt_job_line, job_outputs
 from ui.forms import build_form, collect
-
-
-def job_outputs(services: Services, job_id: str | None) -> tuple[Any, ...]:
-    """(status markdown, progress %, preview path, gallery items, files) for one job."""
-    if not job_id:
-        return "No job yet.", 0, None, [], []
-    j = services.jobs.get(job_id)
-    preview = services.jobs.preview_path(job_id)
-    images = [(asset_file(services, a), a.meta.get("prompt") or a.filename) for a in j.assets if a.kind == "image"]
-    files = [asset_file(services, a) for a in j.assets]
-    return (fmt_job_line(j), round(j.progress * 100, 1),
-            str(preview) if preview and preview.is_file() and j.status == "running" else None,
-            images, files)
 
 
 def build_tab(services: Services) -> None:

@@ -1,0 +1,439 @@
+"""Planar parsing of a 3DGS scene (PGS-style, training-free) plus an open3d baseline.
+
+PGS (Zanjani et al. 2025) groups Gaussians into plane instances by hierarchical,
+probabilistic merging in a Gaussian mixture tree. Without SAM descriptors we use geometry:
+
+1. Flat, opaque Gaussians get a normal (smallest scale axis) and a weight (opacity x area).
+2. Leaves -> segments: a k-NN graph over centres keeps edges whose two Gaussians agree in
+   normal and lie in each other's plane (tolerances relative to the scene size), and its
+   connected components become the first tree level.
+3. Segments -> planes: adjacent nodes are merged greedily, cheapest first, by moment
+   matching (each node is the mixture's moments: weight, mean, scatter, normal scatter).
+   A merge is accepted only if the merged node is still a plane: its thickness along its
+   normal stays within tolerance (a Gaussian likelihood test) and the normals agree.
+   The merge history is the tree; the roots with enough members are plane instances.
+4. Every remaining flat Gaussian is assigned to the most probable plane it is
+   consistent with (distance, normal, inside the plane's extent), or -1.
+
+Plane convention: ``normal . x = offset``, normal oriented toward the scene centre.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.splat.formats import GaussianScene
+
+
+@dataclass
+class PlaneConfig:
+    min_opacity: float = 0.3
+    max_flatness: float = 0.25  # s_min / s_mid
+    angle_deg: float = 10.0  # normal agreement
+    dist_rel: float = 0.01  # plane-distance tolerance, fraction of the scene diagonal
+    knn: int = 10
+    min_count: int = 30  # members for a node to be a plane instance
+    max_planes: int = 64
+
+
+@dataclass
+class PlaneResult:
+    planes: list[dict[str, Any]]  # normal, offset, count, extent, center, u, v
+    labels: np.ndarray  # [N] plane index per Gaussian, -1 = none
+    merges: list[tuple[int, int, float]] = field(default_factory=list)  # tree: (node a, node b, cost)
+
+
+def scene_normals(scene: GaussianScene) -> np.ndarray:
+    """[N, 3] unit normals from the smallest scale axis (sign arbitrary)."""
+    q = scene.quats.astype(np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    w, x, y, z = q.T
+    R = np.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], 1).reshape(-1, 3, 3)
+    k = scene.log_scales.argmin(1)
+    return R[np.arange(len(k)), :, k]
+
+
+def knn(points: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force k nearest neighbours (excluding self) with torch.cdist: [N, k] idx, dist."""
+    import torch
+
+    p = torch.as_tensor(points, dtype=torch.float32)
+    k = min(k, max(1, len(p) - 1))
+    idx, dist = [], []
+    for s in range(0, len(p), chunk):
+        d = torch.cdist(p[s:s + chunk], p)
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
+        v, i = torch.topk(d, k, dim=1, largest=False)
+        idx.append(i)
+        dist.append(v)
+    return torch.cat(idx).numpy(), torch.cat(dist).numpy()
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component labels [n] of the undirected edges (a, b): min-label propagation."""
+    lab = np.arange(n)
+    while True:
+        m = np.minimum(lab[a], lab[b])
+        new = lab.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        new = new[new]  # pointer jumping
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    _, out = np.unique(lab, return_inverse=True)
+    return out
+
+
+class _Node:
+    """Moment-matched mixture node of the tree."""
+
+    __slots__ = ("w", "s1", "s2", "n2", "count", "members", "alive", "ver")
+
+    def __init__(self, w: float, s1: np.ndarray, s2: np.ndarray, n2: np.ndarray, count: int, members: list[int]):
+        self.w, self.s1, self.s2, self.n2, self.count, self.members = w, s1, s2, n2, count, members
+        self.alive, self.ver = True, 0
+
+    def plane(self) -> tuple[np.ndarray, float, float]:
+        """(normal, offset, thickness variance) of the node's plane."""
+        mu = self.s1 / self.w
+        cov = self.s2 / self.w - np.outer(mu, mu)
+        n = np.linalg.eigh(self.n2)[1][:, -1]  # dominant normal axis (sign-free average)
+        ev, evec = np.linalg.eigh(cov)
+        if ev[1] > 25 * max(ev[0], 1e-12):  # spatially 2D: the fitted plane normal is reliable
+            fit = evec[:, 0]
+            if abs(fit @ n) > math.cos(math.radians(30)):
+                n = fit
+        return n, float(n @ mu), float(n @ cov @ n)
+
+
+def _merge_cost(A: _Node, B: _Node, tau: float, cos_t: float) -> float | None:
+    na, _, _ = A.plane()
+    nb, _, _ = B.plane()
+    c = abs(float(na @ nb))
+    if c < cos_t:
+        return None
+    M = _Node(A.w + B.w, A.s1 + B.s1, A.s2 + B.s2, A.n2 + B.n2, 0, [])
+    _, _, var = M.plane()
+    if var > tau * tau:
+        return None
+    return var / (tau * tau) + (1 - c) / max(1 - cos_t, 1e-9)
+
+
+def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
+                 check: Any = None) -> PlaneResult:
+    """Group Gaussians into plane instances. ``check()`` is called between phases (cancel hook)."""
+    cfg = cfg or PlaneConfig()
+    check = check or (lambda: None)
+    N = len(scene)
+    labels = -np.ones(N, int)
+    if N < 3:
+        return PlaneResult([], labels)
+    s = np.exp(scene.log_scales.astype(np.float64))
+    ss = np.sort(s, 1)
+    flat = ss[:, 0] / np.maximum(ss[:, 1], 1e-12)
+    cand = np.nonzero((scene.opacities > cfg.min_opacity) & (flat < cfg.max_flatness))[0]
+    lo, hi = scene.bounds()
+    diag = float(np.linalg.norm(hi - lo)) or 1.0
+    centre = (lo + hi) / 2
+    tau = cfg.dist_rel * diag
+    cos_t = math.cos(math.radians(cfg.angle_deg))
+    cos_2t = math.cos(math.radians(min(2 * cfg.angle_deg, 60.0)))  # assignment is looser than merging
+    if len(cand) < cfg.min_count:
+        return PlaneResult([], labels)
+    P = scene.means[cand].astype(np.float64)
+    Nrm = scene_normals(scene)[cand]
+    W = scene.opacities[cand].astype(np.float64) * ss[cand, 1] * ss[cand, 2]
+    W = W / W.mean()
+    # --- level 1: k-NN graph edges that agree in normal and coplanarity
+    nb, nd = knn(P, cfg.knn)
+    check()
+    med = float(np.median(nd[:, 0])) if nd.size else 0.0
+    a = np.repeat(np.arange(len(P)), nb.shape[1])
+    b = nb.reshape(-1)
+    d = nd.reshape(-1)
+    dv = P[b] - P[a]
+    ok = (d <= max(4 * med, 1e-12)) & (np.abs((Nrm[a] * Nrm[b]).sum(1)) >= cos_t) & \
+         (np.abs((Nrm[a] * dv).sum(1)) <= tau) & (np.abs((Nrm[b] * dv).sum(1)) <= tau)
+    seg = components(len(P), a[ok], b[ok])
+    nseg = int(seg.max()) + 1
+    # --- level 2+: moment-matched agglomeration over the segment adjacency graph
+    order = np.argsort(seg, kind="stable")
+    starts = np.searchsorted(seg[order], np.arange(nseg + 1))
+    nodes: list[_Node] = []
+    for k in range(nseg):
+        m = order[starts[k]:starts[k + 1]]
+        nodes.append(_Node(float(W[m].sum()), (W[m, None] * P[m]).sum(0), np.einsum("i,ij,ik->jk", W[m], P[m], P[m]),
+                           np.einsum("i,ij,ik->jk", W[m], Nrm[m], Nrm[m]), len(m), m.tolist()))
+    check()
+    sa, sb = seg[a[d <= max(4 * med, 1e-12)]], seg[b[d <= max(4 * med, 1e-12)]]
+    adj: dict[int, set[int]] = {k: set() for k in range(nseg)}
+    for x, y in set(zip(sa.tolist(), sb.tolist())):
+        if x != y:
+            adj[x].add(y)
+            adj[y].add(x)
+    heap: list[tuple[float, int, int, int, int]] = []
+
+    def push(x: int, y: int) -> None:
+        if nodes[x].count + nodes[y].count < 2:
+            return
+        c = _merge_cost(nodes[x], nodes[y], tau, cos_t)
+        if c is not None:
+            heapq.heappush(heap, (c, x, y, nodes[x].ver, nodes[y].ver))
+
+    for x in range(nseg):
+        for y in adj[x]:
+            if x < y and (nodes[x].count > 1 or nodes[y].count > 1):
+                push(x, y)
+    merges: list[tuple[int, int, float]] = []
+    while heap:
+        c, x, y, vx, vy = heapq.heappop(heap)
+        A, B = nodes[x], nodes[y]
+        if not (A.alive and B.alive) or A.ver != vx or B.ver != vy:
+            continue
+        # merge y into x
+        A.w, A.s1, A.s2, A.n2 = A.w + B.w, A.s1 + B.s1, A.s2 + B.s2, A.n2 + B.n2
+        A.count += B.count
+        A.members += B.members
+        A.ver += 1
+        B.alive = False
+        merges.append((x, y, float(c)))
+        adj[x] |= adj.pop(y)
+        adj[x].discard(x)
+        adj[x].discard(y)
+        for z in list(adj[x]):
+            adj[z].discard(y)
+            adj[z].add(x)
+            push(x, z)
+        if len(merges) % 256 == 0:
+            check()
+    roots = sorted((nd_ for nd_ in nodes if nd_.alive and nd_.count >= cfg.min_count), key=lambda n_: -n_.count)
+    roots = roots[:cfg.max_planes]
+    # --- refit, orient, extents
+    planes: list[dict[str, Any]] = []
+    fits = []
+    for r in roots:
+        m = np.asarray(r.members)
+        n, off, _ = r.plane()
+        mu = r.s1 / r.w
+        if n @ (centre - mu) < 0:
+            n = -n
+        off = float(n @ mu)
+        fits.append((n, off, mu))
+    # --- probabilistic assignment of every candidate to its most likely consistent plane
+    lab_c = -np.ones(len(P), int)
+    if fits:
+        normals = np.stack([f[0] for f in fits])  # [K, 3]
+        offs = np.array([f[1] for f in fits])
+        dist = P @ normals.T - offs[None]  # [n, K]
+        cosn = np.abs(Nrm @ normals.T)
+        logp = -0.5 * (dist / tau) ** 2 - 0.5 * ((1 - cosn) / max(1 - cos_t, 1e-9)) ** 2
+        # spatial connectivity: within the plane's member extent (+ a margin)
+        inside = np.ones_like(logp, bool)
+        for k, r in enumerate(roots):
+            m = np.asarray(r.members)
+            u, v = _basis(normals[k])
+            pu, pv = P[m] @ u, P[m] @ v
+            margin = 4 * med
+            qu, qv = P @ u, P @ v
+            inside[:, k] = (qu >= pu.min() - margin) & (qu <= pu.max() + margin) & \
+                           (qv >= pv.min() - margin) & (qv <= pv.max() + margin)
+        valid = (np.abs(dist) <= 2 * tau) & (cosn >= cos_2t) & inside
+        logp = np.where(valid, logp, -np.inf)
+        best = logp.argmax(1)
+        lab_c = np.where(np.isfinite(logp.max(1)), best, -1)
+        # members of a root keep their plane (tree decision) unless another plane is clearly better
+        for k, r in enumerate(roots):
+            m = np.asarray(r.members)
+            keep = np.isfinite(logp[m, k]) & (logp[m, k] >= logp[m, lab_c[m].clip(0)] - 2.0)
+            lab_c[m[keep]] = k
+    for k, (n, off, _) in enumerate(fits):
+        m = np.nonzero(lab_c == k)[0]
+        if len(m) < 3:
+            continue
+        # opacity x area weighted SVD refit on the final members
+        w = W[m] / W[m].sum()
+        mu = (w[:, None] * P[m]).sum(0)
+        cov = (w[:, None] * (P[m] - mu)).T @ (P[m] - mu)
+        ev, evec = np.linalg.eigh(cov)
+        if ev[1] > 25 * max(ev[0], 1e-12) and abs(evec[:, 0] @ n) > math.cos(math.radians(20)):
+            n = evec[:, 0] * np.sign(evec[:, 0] @ n)
+        off = float(n @ mu)
+        u, v = _basis(n)
+        pu, pv = (P[m] - mu) @ u, (P[m] - mu) @ v
+        u0, u1 = np.percentile(pu, [1, 99])
+        v0, v1 = np.percentile(pv, [1, 99])
+        c = mu + u * (u0 + u1) / 2 + v * (v0 + v1) / 2
+        planes.append({
+            "normal": [float(x) for x in n], "offset": off, "count": int(len(m)),
+            "extent": [float(u1 - u0), float(v1 - v0)], "center": [float(x) for x in c],
+            "u": [float(x) for x in u], "v": [float(x) for x in v], "_k": k,
+        })
+    remap = {p["_k"]: i for i, p in enumerate(planes)}
+    for p in planes:
+        del p["_k"]
+    lab_c = np.array([remap.get(int(x), -1) for x in lab_c], int) if len(lab_c) else lab_c
+    labels[cand] = lab_c
+    return PlaneResult(planes, labels, merges)
+
+
+def _basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array([1.0, 0, 0]) if abs(n[0]) < 0.9 else np.array([0, 1.0, 0])
+    u = np.cross(n, a)
+    u /= np.linalg.norm(u)
+    return u, np.cross(n, u)
+
+
+def palette(k: int) -> np.ndarray:
+    """[k, 3] distinct colours in 0..1 (golden-angle hues)."""
+    import colorsys
+
+    return np.array([colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95) for i in range(k)], np.float32)
+
+
+def instance_colors(labels: np.ndarray, n_planes: int, none: float = 0.25) -> np.ndarray:
+    """[N, 3] per-Gaussian colours: plane colour or grey for unassigned."""
+    pal = palette(max(n_planes, 1))
+    out = np.full((len(labels), 3), none, np.float32)
+    m = labels >= 0
+    out[m] = pal[labels[m]]
+    return out
+
+
+def write_planes_json(planes: list[dict[str, Any]], path: str | Path) -> Path:
+    Path(path).write_text(json.dumps(planes, indent=1))
+    return Path(path)
+
+
+def plane_quads(planes: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices [4K, 3], faces [2K, 3] and colours [4K, 3] (uint8) for the plane rectangles."""
+    pal = (palette(max(len(planes), 1)) * 255).astype(np.uint8)
+    V, F, C = [], [], []
+    for i, p in enumerate(planes):
+        c, u, v = (np.asarray(p[k]) for k in ("center", "u", "v"))
+        eu, ev = p["extent"][0] / 2, p["extent"][1] / 2
+        V += [c - eu * u - ev * v, c + eu * u - ev * v, c + eu * u + ev * v, c - eu * u + ev * v]
+        F += [[4 * i, 4 * i + 1, 4 * i + 2], [4 * i, 4 * i + 2, 4 * i + 3]]
+        C += [pal[i]] * 4
+    return (np.asarray(V, np.float32).reshape(-1, 3), np.asarray(F, np.int32).reshape(-1, 3),
+            np.asarray(C, np.uint8).reshape(-1, 3))
+
+
+def write_plane_mesh(planes: list[dict[str, Any]], path: str | Path) -> Path:
+    """Planes as coloured quads: ``.ply`` (binary, vertex colours) or ``.obj`` (with vertex colours)."""
+    path = Path(path)
+    V, F, C = plane_quads(planes)
+    if path.suffix.lower() == ".obj":
+        lines = [f"# {len(planes)} planes"]
+        lines += [f"v {x:.6f} {y:.6f} {z:.6f} {r / 255:.3f} {g / 255:.3f} {b / 255:.3f}" for (x, y, z), (r, g, b) in zip(V, C)]
+        lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in F]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    vd = np.empty(len(V), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    vd["x"], vd["y"], vd["z"] = V.T
+    vd["red"], vd["green"], vd["blue"] = C.T
+    fd = np.empty(len(F), [("n", "u1"), ("i", "<i4", (3,))])
+    fd["n"] = 3
+    fd["i"] = F
+    head = ("ply\nformat binary_little_endian 1.0\n"
+            f"element vertex {len(V)}\nproperty float x\nproperty float y\nproperty float z\n"
+            "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+            f"element face {len(F)}\nproperty list uchar int vertex_indices\nend_header\n")
+    with open(path, "wb") as f:
+        f.write(head.encode("ascii"))
+        f.write(vd.tobytes())
+        f.write(fd.tobytes())
+    return path
+
+
+# ----------------------------------------------------------------------------- open3d baseline
+
+def open3d_planes(scene: GaussianScene, method: str = "ransac", dist_rel: float = 0.01, min_count: int = 30,
+                  max_planes: int = 16, min_opacity: float = 0.3) -> PlaneResult:
+    """Baseline: open3d ``segment_plane`` repeated on the centres (RANSAC), or
+    ``detect_planar_patches`` with the Gaussian normals. Imported lazily."""
+    import open3d as o3d
+
+    N = len(scene)
+    labels = -np.ones(N, int)
+    cand = np.nonzero(scene.opacities > min_opacity)[0]
+    lo, hi = scene.bounds()
+    diag = float(np.linalg.norm(hi - lo)) or 1.0
+    centre = (lo + hi) / 2
+    pts = scene.means[cand].astype(np.float64)
+    planes: list[dict[str, Any]] = []
+    o3d.utility.random.seed(0)
+    if method == "ransac":
+        remaining = np.arange(len(pts))
+        for _ in range(max_planes):
+            if len(remaining) < max(min_count, 3):
+                break
+            pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts[remaining]))
+            model, inl = pcd.segment_plane(distance_threshold=dist_rel * diag, ransac_n=3, num_iterations=1000)
+            inl = np.asarray(inl, int)
+            if len(inl) < min_count:
+                break
+            n = np.asarray(model[:3], np.float64)
+            nn = np.linalg.norm(n)
+            n, off = n / nn, -model[3] / nn
+            if n @ centre - off < 0:
+                n, off = -n, -off
+            labels[cand[remaining[inl]]] = len(planes)
+            planes.append({"normal": n.tolist(), "offset": float(off), "count": int(len(inl))})
+            remaining = np.delete(remaining, inl)
+    else:
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+        pcd.normals = o3d.utility.Vector3dVector(scene_normals(scene)[cand].astype(np.float64))
+        boxes = pcd.detect_planar_patches(normal_variance_threshold_deg=60, coplanarity_deg=75, outlier_ratio=0.75,
+                                          min_plane_edge_length=0, min_num_points=0,
+                                          search_param=o3d.geometry.KDTreeSearchParamKNN(knn=30))
+        for ob in boxes[:max_planes]:
+            R = np.asarray(ob.R)
+            n = R[:, 2]
+            c = np.asarray(ob.center)
+            if n @ (centre - c) < 0:
+                n = -n
+            idx = np.asarray(ob.get_point_indices_within_bounding_box(pcd.points), int)
+            free = idx[labels[cand[idx]] < 0]
+            labels[cand[free]] = len(planes)
+            planes.append({"normal": n.tolist(), "offset": float(n @ c), "count": int(len(free))})
+    return PlaneResult(planes, labels)
+
+
+def evaluate(result: PlaneResult, gt_labels: np.ndarray, gt_planes: list[tuple[np.ndarray, float]],
+             diag: float, max_angle: float = 10.0, max_off_rel: float = 0.05) -> dict[str, Any]:
+    """Match GT planes to found planes (greedy by angle); report found count, worst normal
+    error (deg) and the share of GT plane Gaussians labelled with their matched plane."""
+    used: set[int] = set()
+    match: dict[int, int] = {}
+    errs = []
+    for g, (gn, go) in enumerate(gt_planes):
+        best, best_a = -1, 1e9
+        for k, p in enumerate(result.planes):
+            if k in used:
+                continue
+            n = np.asarray(p["normal"])
+            s = 1.0 if n @ gn >= 0 else -1.0
+            ang = math.degrees(math.acos(min(1.0, abs(float(n @ gn)))))
+            if ang <= max_angle and abs(s * p["offset"] - go) <= max_off_rel * diag and ang < best_a:
+                best, best_a = k, ang
+        if best >= 0:
+            used.add(best)
+            match[g] = best
+            errs.append(best_a)
+    on = gt_labels >= 0
+    correct = np.array([match.get(int(g), -99) == int(l) for g, l in zip(gt_labels[on], result.labels[on])])
+    return {
+        "planes_found": len(match), "planes_gt": len(gt_planes), "planes_total": len(result.planes),
+        "normal_err_deg": round(max(errs), 3) if len(errs) == len(gt_planes) and errs else None,
+        "assigned_pct": round(100.0 * float(correct.mean()) if correct.size else 0.0, 2),
+    }

@@ -1,0 +1,154 @@
+"""Generate tab: text-to-image with live preview, cancel, Clockwork, reproduce, model picker."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.catalog import engine_schema
+from studio.errors import StudioError
+from studio.wiring import Services
+from ui.common import fmt_job_line, job_outputs
+from ui.forms import build_form, collect
+
+ENGINE = "t2i"
+LAYOUT_FIELDS = ["prompt", "negative_prompt", "scheduler", "steps", "guidance_scale", "seed", "batch_size",
+                 "batch_count", "clockwork", "clock_period", "init_image", "strength", "preview_every"]
+
+
+def model_choices(services: Services) -> list[tuple[str, str]]:
+    return [("embedded (built-in world model)", "embedded")] + [
+        (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list()]
+
+
+def build_tab(services: Services) -> None:
+    schema = engine_schema(ENGINE)
+    if schema is None:
+        return
+    with gr.Tab("Generate", id="generate"):
+        job_state = gr.State(None)
+        assets_state = gr.State([])
+        selected = gr.State(None)
+        comps = build_form(schema, elem_prefix="gen-", render=False, only=LAYOUT_FIELDS)
+        with gr.Row():
+            with gr.Column(scale=5):
+                comps["prompt"].render()
+                comps["negative_prompt"].render()
+                with gr.Row():
+                    model = gr.Dropdown(model_choices(services), value="embedded", label="Model",
+                                        allow_custom_value=True, elem_id="gen-model", scale=3,
+                                        info="the embedded model, a registered model, or type a local path")
+                    comps["scheduler"].render()
+                with gr.Row():
+                    comps["steps"].render()
+                    comps["guidance_scale"].render()
+                with gr.Row():
+                    native = gr.Checkbox(True, label="Model's native size", elem_id="gen-native", scale=1)
+                    width = gr.Slider(64, 2048, 512, step=8, label="Width", elem_id="gen-width", scale=2)
+                    height = gr.Slider(64, 2048, 512, step=8, label="Height", elem_id="gen-height", scale=2)
+                with gr.Row():
+                    comps["seed"].render()
+                    comps["batch_size"].render()
+                    comps["batch_count"].render()
+                with gr.Row():
+                    comps["clockwork"].render()
+                    comps["clock_period"].render()
+                with gr.Accordion("img2img", open=False):
+                    comps["init_image"].render()
+                    comps["strength"].render()
+                comps["preview_every"].render()
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="gen-submit", scale=3)
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="gen-cancel", scale=1)
+                with gr.Accordion("Register a model", open=False):
+                    reg_name = gr.Textbox(label="Name", elem_id="gen-reg-name")
+                    reg_path = gr.Textbox(label="Diffusers folder, .safetensors file, or cached hub id",
+                                          elem_id="gen-reg-path")
+                    reg_btn = gr.Button("Register", elem_id="gen-reg-submit")
+                    reg_msg = gr.Markdown()
+            with gr.Column(scale=5):
+                status = gr.Markdown("Ready.", elem_id="gen-status")
+                progress = gr.Slider(0, 100, value=0, label="Progress %", interactive=False, elem_id="gen-progress")
+                preview = gr.Image(label="Live preview", type="filepath", interactive=False, height=256,
+                                   elem_id="gen-preview")
+                gallery = gr.Gallery(label="Images", columns=4, height=360, elem_id="gen-gallery")
+                info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="gen-info")
+                with gr.Row():
+                    reproduce = gr.Button("Reproduce selected", elem_id="gen-reproduce")
+                    use_seed = gr.Button("Use its seed", elem_id="gen-use-seed")
+                files = gr.File(label="Download originals", file_count="multiple", interactive=False)
+
+        def submit(values: dict[Any, Any]) -> tuple[str, str]:
+            def upload(path: str) -> str:
+                with open(path, "rb") as f:
+                    return services.assets.upload(f, Path(path).name).id
+            try:
+                params = collect(schema, comps, values, upload)
+                params["model"] = (values.get(model) or "embedded").strip()
+                if not values.get(native):
+                    params["width"], params["height"] = int(values[width]), int(values[height])
+                if "init_image" not in params:
+                    params.pop("strength", None)
+                job = services.jobs.submit(ENGINE, params, origin="ui")
+            except (StudioError, ValueError) as e:
+                raise gr.Error(str(e)) from None
+            return job.id, fmt_job_line(job)
+
+        inputs = set(comps.values()) | {model, native, width, height}
+        go.click(submit, inputs=inputs, outputs=[job_state, status])
+        comps["prompt"].submit(submit, inputs=inputs, outputs=[job_state, status])
+
+        def do_cancel(job_id: str | None) -> str:
+            if not job_id:
+                return "Nothing to cancel."
+            try:
+                return fmt_job_line(services.jobs.cancel(job_id))
+            except StudioError as e:
+                return str(e)
+
+        cancel.click(do_cancel, inputs=job_state, outputs=status)
+
+        def poll(job_id: str | None) -> tuple[Any, ...]:
+            st, pct, pv, images, fls = job_outputs(services, job_id)
+            ids = [a.id for a in services.jobs.get(job_id).assets if a.kind == "image"] if job_id else []
+            return st, pct, pv, images, fls, ids
+
+        gr.Timer(0.5).tick(poll, inputs=job_state, outputs=[status, progress, preview, gallery, files, assets_state],
+                           show_progress="hidden")
+
+        def pick(evt: gr.SelectData, ids: list[str]) -> tuple[str | None, str]:
+            if evt.index is None or evt.index >= len(ids):
+                return None, ""
+            a = services.assets.get(ids[evt.index])
+            return a.id, str(a.meta.get("parameters") or a.meta)
+
+        gallery.select(pick, inputs=assets_state, outputs=[selected, info])
+
+        def do_reproduce(asset_id: str | None) -> tuple[Any, str]:
+            if not asset_id:
+                raise gr.Error("select an image first")
+            try:
+                job = services.jobs.reproduce(asset_id)
+            except StudioError as e:
+                raise gr.Error(str(e)) from None
+            return job.id, "Reproducing: " + fmt_job_line(job)
+
+        reproduce.click(do_reproduce, inputs=selected, outputs=[job_state, status])
+
+        def seed_of(asset_id: str | None) -> Any:
+            if not asset_id:
+                return gr.update()
+            return services.assets.get(asset_id).meta.get("seed", -1)
+
+        use_seed.click(seed_of, inputs=selected, outputs=comps["seed"])
+
+        def register(name: str, path: str) -> tuple[str, Any]:
+            try:
+                m = services.models.register(name, path)
+            except Exception as e:  # ModelNotFound / ValueError: shown to the user
+                return f"Not registered: {e}", gr.update()
+            return f"Registered **{m['name']}** ({m['kind']})", gr.update(choices=model_choices(services),
+                                                                            value=m["name"])
+
+        reg_btn.click(register, inputs=[reg_name, reg_path], outputs=[reg_msg, model])
