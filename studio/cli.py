@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 BENCHES = {
     "queue": "bench.queue_latency:main",
+    "clockwork": "bench.clockwork:main",
+    "t2i": "bench.t2i:main",
     "splat": "bench.splat:main",
 }
 EVALS = {

@@ -116,6 +116,8 @@ class Clockwork:
         self._r_in: torch.Tensor | None = None
         self._temb: torch.Tensor | None = None
         self._text: torch.Tensor | None = None
+        self._last_t: float | None = None
+        self._batch: int | None = None
 
     # -- install / remove ----------------------------------------------------------------
     def __enter__(self) -> "Clockwork":
@@ -139,6 +141,15 @@ class Clockwork:
 
     # -- hooks -----------------------------------------------------------------------------
     def _on_unet_call(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t_val = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t) if t is not None else None
+        sample = kwargs.get("sample", args[0] if args else None)
+        batch = sample.shape[0] if isinstance(sample, torch.Tensor) else None
+        # A new trajectory (timesteps only fall within one) or a new batch shape restarts the clock.
+        if (t_val is not None and self._last_t is not None and t_val >= self._last_t) or batch != self._batch:
+            self.calls = 0
+            self.cache.clear()
+        self._last_t, self._batch = t_val, batch
         self.full = self.calls % self.period == 0 or not self.cache
         self.calls += 1
         if self.full:

@@ -1,0 +1,83 @@
+"""Studio overhead on text-to-image: a Studio job vs a bare diffusers call, same pipeline
+object, same params, interleaved in one process.
+
+    studio bench t2i --json [--model embedded] [--steps 20] [--rounds 8]
+
+The Studio job path is the worker's: job row, runner, engine (scheduler set-up, seeded
+CPU generators, step callback with cancel check and throttled progress writes), PNG with
+metadata, content-addressed asset ingest. Queue hand-off latency is measured separately by
+``studio bench queue``. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="studio bench t2i")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--prompt", default="a red star on a blue background")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    import torch
+
+    from engines.t2i.engine import load_pipeline
+    from studio.config import load
+    from studio.wiring import build, build_runner
+
+    with tempfile.TemporaryDirectory() as td:
+        services = build(load(Path(td) / "data", device="cpu", dtype="float32"))
+        runner = build_runner(services, role="bench")
+        params = {"model": args.model, "prompt": args.prompt, "steps": args.steps,
+                  "guidance_scale": args.guidance, "seed": 1, "preview_every": 0}
+
+        def studio_job() -> float:
+            t0 = time.perf_counter()
+            job = services.jobs.submit("t2i", params, enqueue=False)
+            status = runner.execute(job.id)
+            dt = time.perf_counter() - t0
+            if status != "completed":
+                raise SystemExit(f"bench job {status}: {services.jobs.get(job.id).error}")
+            return dt
+
+        studio_job()  # loads the model into the worker cache
+        loaded = services.models.load(args.model, "t2i", lambda spec: load_pipeline(spec, "cpu", "float32"),
+                                      runner.device, runner.dtype)
+        pipe = loaded.pipe
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+        def raw() -> float:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     generator=[torch.Generator().manual_seed(1)], height=size, width=size, output_type="pil")
+            return time.perf_counter() - t0
+
+        raw()
+        r, s = [], []
+        for i in range(args.rounds):
+            if i % 2:
+                r.append(raw())
+                s.append(studio_job())
+            else:
+                s.append(studio_job())
+                r.append(raw())
+        services.close()
+    raw_s, job_s = statistics.median(r), statistics.median(s)
+    print(json.dumps({"model": args.model, "steps": args.steps, "resolution": size, "rounds": args.rounds,
+                      "raw_pipeline_s": round(raw_s, 4), "studio_job_s": round(job_s, 4),
+                      "overhead_ratio": round(job_s / raw_s, 4), "images_per_s": round(1 / job_s, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
