@@ -72,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-embedded", help="train the embedded world models (see docs/embedded-world.md)")
     t.add_argument("rest", nargs=argparse.REMAINDER)
+    c = sub.add_parser("train-clockwork", help="distil a Clockwork adaptor for a model (captions only)")
+    c.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -227,7 +229,21 @@ def _call(target: str, argv: list[str]) -> int:
     return int(func(argv) or 0)
 
 
+PASSTHROUGH = {"train-embedded": "engines.world.train:main", "train-clockwork": "engines.t2i.clockwork_train:main"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # commands whose options belong to another module's parser: hand over the rest verbatim
+    if argv and argv[0] in PASSTHROUGH and "-h" not in argv[:1]:
+        logging.basicConfig(level=logging.WARNING)
+        return _call(PASSTHROUGH[argv[0]], argv[1:])
+    if len(argv) >= 2 and argv[0] in ("bench", "eval") and not argv[1].startswith("-"):
+        table = BENCHES if argv[0] == "bench" else EVALS
+        if argv[1] not in table:
+            return fail(f"unknown {argv[0]} {argv[1]!r}; one of {', '.join(sorted(table))}")
+        logging.basicConfig(level=logging.WARNING)
+        return _call(table[argv[1]], argv[2:])
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -253,9 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "models":
         return cmd_models(args)
     if args.cmd in ("bench", "eval"):
-        logging.getLogger().setLevel(logging.WARNING)
         table = BENCHES if args.cmd == "bench" else EVALS
         return _call(table[args.name], args.rest)
-    if args.cmd == "train-embedded":
-        return _call("engines.world.train:main", args.rest)
+    if args.cmd in PASSTHROUGH:
+        return _call(PASSTHROUGH[args.cmd], args.rest)
     return fail(f"unknown command {args.cmd}")

@@ -120,3 +120,26 @@ def test_missing_model_is_a_clear_error(tmp_path) -> None:  # noqa: ANN001
 
     with pytest.raises(ModelNotFound):
         T2IEngine().run(params(tmp_path / "nope"), make_ctx(tmp_path, {}))
+
+
+def test_clockwork_adaptor_distils_and_is_used(tiny, cache, tmp_path) -> None:  # noqa: ANN001
+    import shutil
+
+    from engines.t2i import clockwork_train as ct
+    from engines.t2i.clockwork import adaptor_for, save_adaptor
+    from engines.t2i.engine import adaptor_path, load_pipeline
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    loaded = load_pipeline(ModelSpec("m", "diffusers", model), "cpu", "float32")
+    traj = ct.collect(loaded.pipe, ["a red star", "a blue ring", "a green heart", "a big cross"], steps=4,
+                      guidance=4.0, batch=2)
+    assert len(traj) == 2 and traj[0]["r_out"].shape[:2] == (4, 4)  # [steps, B*2 (CFG)]
+    ad = adaptor_for(loaded.pipe.unet, hidden=16)
+    losses = ct.train(ad, traj, iters=60, lr=3e-3)
+    assert sum(losses[-10:]) / 10 < ct.identity_loss(traj)  # beats plain reuse on its training data
+    save_adaptor(ad, adaptor_path(loaded.spec), {"iters": 60})
+    reuse = T2IEngine().run(params(model, steps=6, clockwork="reuse"), make_ctx(tmp_path / "r", {}))
+    adapt = T2IEngine().run(params(model, steps=6, clockwork="adaptor"), make_ctx(tmp_path / "a", {}))
+    assert adapt.meta["clockwork_cheap_steps"] == 3
+    assert Image.open(adapt.artifacts[0].path).tobytes() != Image.open(reuse.artifacts[0].path).tobytes()

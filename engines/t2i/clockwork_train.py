@@ -1,0 +1,169 @@
+"""Model-step distillation of a Clockwork adaptor (captions only, no images).
+
+The teacher is the model itself: full sampling trajectories are unrolled from noise for
+each caption with the chosen sampler and step count, recording at every U-Net call the
+low-res path's input ``r_in(t)`` (output of ``down_blocks[0]``), its output ``r_out(t)``
+(output of ``up_blocks[-2]``), the time embedding and the pooled text. The adaptor learns
+r_out(t) ≈ φ(r_in(t), r_out(t+1), t_emb, text) with an L2 loss on consecutive steps.
+
+    studio train-clockwork --model embedded [--captions FILE] [--sampler-steps 8] [--iters 3000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def collect(pipe: Any, captions: list[str], steps: int, guidance: float, seed: int = 0,
+            batch: int = 8, on_batch: Callable[[int, int], None] | None = None) -> list[dict[str, torch.Tensor]]:
+    """Teacher records: one dict per trajectory with tensors stacked over steps:
+    r_in [S, B, c_in, h/2, w/2], r_out [S, B, c_out, h, w], temb [S, B, t_dim], text [S, B, D]."""
+    unet = pipe.unet
+    rec: dict[str, list[torch.Tensor]] = {"r_in": [], "r_out": [], "temb": [], "text": []}
+
+    def pre(_m: Any, args: tuple, kwargs: dict) -> None:
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        rec["text"].append(ehs.mean(1).detach().cpu())
+
+    hooks = [
+        unet.register_forward_pre_hook(pre, with_kwargs=True),
+        unet.down_blocks[0].register_forward_hook(
+            lambda _m, _i, o: rec["r_in"].append((o[0] if isinstance(o, tuple) else o).detach().cpu())),
+        unet.up_blocks[-2].register_forward_hook(lambda _m, _i, o: rec["r_out"].append(o.detach().cpu())),
+        unet.time_embedding.register_forward_hook(lambda _m, _i, o: rec["temb"].append(o.detach().cpu())),
+    ]
+    size = unet.config.sample_size * pipe.vae_scale_factor
+    trajectories = []
+    try:
+        for i in range(0, len(captions), batch):
+            chunk = captions[i:i + batch]
+            for v in rec.values():
+                v.clear()
+            gens = [torch.Generator().manual_seed(seed * 1_000_003 + i + k) for k in range(len(chunk))]
+            with torch.inference_mode():
+                pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens, height=size,
+                     width=size, output_type="latent")
+            trajectories.append({k: torch.stack(v) for k, v in rec.items()})
+            if on_batch:
+                on_batch(min(i + batch, len(captions)), len(captions))
+    finally:
+        for h in hooks:
+            h.remove()
+    return trajectories
+
+
+def train(adaptor: torch.nn.Module, trajectories: list[dict[str, torch.Tensor]], iters: int, lr: float = 1e-3,
+          batch: int = 32, seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """L2 on consecutive-step pairs (t+1 → t); returns the loss curve."""
+    g = random.Random(seed)
+    torch.manual_seed(seed)
+    pairs = [(ti, s) for ti, tr in enumerate(trajectories) for s in range(1, tr["r_out"].shape[0])]
+    opt = torch.optim.AdamW(adaptor.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
+    adaptor.train()
+    losses = []
+    for it in range(iters):
+        pick = [pairs[g.randrange(len(pairs))] for _ in range(max(1, batch // trajectories[0]["r_out"].shape[1]))]
+        r_in = torch.cat([trajectories[t]["r_in"][s] for t, s in pick]).float()
+        r_prev = torch.cat([trajectories[t]["r_out"][s - 1] for t, s in pick]).float()
+        target = torch.cat([trajectories[t]["r_out"][s] for t, s in pick]).float()
+        temb = torch.cat([trajectories[t]["temb"][s] for t, s in pick]).float()
+        text = torch.cat([trajectories[t]["text"][s] for t, s in pick]).float()
+        pred = adaptor(r_in, r_prev, temb, text)
+        loss = torch.nn.functional.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(it, losses[-1])
+    adaptor.eval()
+    return losses
+
+
+def identity_loss(trajectories: list[dict[str, torch.Tensor]]) -> float:
+    """The loss of plain reuse (φ = r_out(t+1)): what the adaptor must beat."""
+    tot, n = 0.0, 0
+    for tr in trajectories:
+        d = (tr["r_out"][1:].float() - tr["r_out"][:-1].float()).pow(2).mean()
+        tot += float(d)
+        n += 1
+    return tot / max(n, 1)
+
+
+def default_captions(n: int, seed: int = 0) -> list[str]:
+    """World captions when the embedded world is installed, else a small generic set."""
+    try:
+        import numpy as np
+
+        from engines.world import generator as wg
+
+        rng = np.random.default_rng(seed)
+        return [wg.canonical_caption(wg.sample_scene(rng, "train", 0.0)) for _ in range(n)]
+    except ImportError:
+        base = ["a photo of a cat", "a red car on a street", "a mountain landscape at sunset", "a portrait of a woman",
+                "a bowl of fruit on a table", "a city skyline at night", "a watercolor painting of a forest"]
+        return [base[i % len(base)] for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="studio train-clockwork", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder")
+    ap.add_argument("--captions", type=Path, default=None, help="text file, one caption per line")
+    ap.add_argument("--n-captions", type=int, default=256)
+    ap.add_argument("--sampler-steps", type=int, default=8)
+    ap.add_argument("--guidance", type=float, default=4.0)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="default: next to the model (picked up by t2i)")
+    args = ap.parse_args(argv)
+    from engines.base import ModelSpec
+    from engines.t2i.clockwork import adaptor_for, save_adaptor
+    from engines.t2i.engine import adaptor_path, load_pipeline, make_scheduler
+
+    if args.model == "embedded":
+        from engines.world.paths import default_model_dir
+
+        path = default_model_dir()
+    else:
+        path = Path(args.model)
+    spec = ModelSpec(ref=args.model, kind="diffusers", path=path)
+    loaded = load_pipeline(spec, "cpu", "float32")
+    pipe = loaded.pipe
+    pipe.scheduler = make_scheduler("DPM++ 2M", loaded.base_scheduler)
+    caps = (args.captions.read_text().splitlines() if args.captions else default_captions(args.n_captions, args.seed))
+    caps = [c.strip() for c in caps if c.strip()]
+    t0 = time.time()
+    traj = collect(pipe, caps, args.sampler_steps, args.guidance, args.seed,
+                   on_batch=lambda d, n: print(f"teacher {d}/{n}", file=sys.stderr))
+    t_collect = time.time() - t0
+    torch.manual_seed(args.seed)
+    adaptor = adaptor_for(pipe.unet, args.hidden)
+    base = identity_loss(traj)
+    losses = train(adaptor, traj, args.iters, args.lr, seed=args.seed,
+                   on_step=lambda i, l: print(f"iter {i} loss {l:.5f}", file=sys.stderr) if i % 200 == 0 else None)
+    out = args.out or adaptor_path(spec)
+    tail = sum(losses[-50:]) / min(50, len(losses))
+    info = {"sampler": "DPM++ 2M", "sampler_steps": args.sampler_steps, "guidance": args.guidance,
+            "captions": len(caps), "iters": args.iters, "identity_loss": base, "final_loss": tail,
+            "model_hash": loaded.model_hash}
+    save_adaptor(adaptor, out, info)
+    print(json.dumps(info | {"out": str(out), "params": sum(p.numel() for p in adaptor.parameters()),
+                             "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
+                             "collect_s": round(t_collect, 1), "total_s": round(time.time() - t0, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
