@@ -192,8 +192,9 @@ class JobService:
         return self.submit(engine, params, priority=priority, origin="api", retried_from=job_id, auto_retry=auto)
 
     def reproduce(self, asset_id: str) -> JobDTO:
-        """Re-run what produced an asset: same engine, params and recorded seed (batch of one
-        when the asset was image k of a batch: its own seed)."""
+        """Re-run what produced an asset: same engine, params and resolved seed. A batch is
+        re-run whole, because batched math differs in the last bit from a batch of one; the
+        image at the same index comes back byte-identical (same device and dtype)."""
         with self.db.session() as s:
             asset = s.get(Asset, asset_id)
             if asset is None:
@@ -203,10 +204,7 @@ class JobService:
         params = meta.get("params")
         if job is None or not isinstance(params, dict):
             raise Conflict("this asset has no recorded generation parameters to reproduce")
-        params = dict(params)
-        if "seed" in meta and params.get("batch_size", 1) * params.get("batch_count", 1) > 1:
-            params |= {"seed": meta["seed"], "batch_size": 1, "batch_count": 1}
-        return self.submit(job.engine, params, origin="api")
+        return self.submit(job.engine, dict(params), origin="api")
 
     def auto_retry_depth(self, job_id: str) -> int:
         """How many automatic retries lead to this job (stops crash loops)."""

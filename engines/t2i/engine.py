@@ -98,6 +98,12 @@ def load_pipeline(spec: ModelSpec, device: str, dtype: str) -> LoadedPipeline:
     return LoadedPipeline(pipe=pipe, spec=spec, model_hash=model_hash(spec), base_scheduler=dict(pipe.scheduler.config))
 
 
+def torch_module() -> type:
+    import torch
+
+    return torch.nn.Module
+
+
 # -- schedulers ----------------------------------------------------------------------------
 def make_scheduler(name: str, base: dict[str, Any]) -> Any:
     import diffusers as d
@@ -232,11 +238,16 @@ class T2IEngine(Engine):
 
     @staticmethod
     def _preview(loaded: LoadedPipeline, latents: Any, dest: Path, device: str) -> Path:
-        from engines.t2i.preview import fit_factors, latents_to_image
+        from engines.t2i.preview import fit_factors, latents_to_image, load_taesd, taesd_image
 
         if loaded.preview_factors is None:
-            loaded.preview_factors = fit_factors(loaded.pipe.vae, latents.shape[0], device)
-        latents_to_image(latents, loaded.preview_factors).save(dest)
+            taesd = load_taesd(loaded.pipe, device)
+            loaded.preview_factors = taesd if taesd is not None else fit_factors(loaded.pipe.vae, latents.shape[0],
+                                                                                  device)
+        if isinstance(loaded.preview_factors, torch_module()):
+            taesd_image(loaded.preview_factors, latents, loaded.pipe.vae.config.scaling_factor).save(dest)
+        else:
+            latents_to_image(latents, loaded.preview_factors).save(dest)
         return dest
 
     @staticmethod

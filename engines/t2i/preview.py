@@ -35,3 +35,28 @@ def latents_to_image(latents: Any, factors: Any):  # noqa: ANN201
     arr = ((rgb.clamp(-1, 1) + 1) * 127.5).byte().numpy()
     im = Image.fromarray(arr)
     return im.resize((im.width * 4, im.height * 4), Image.NEAREST)
+
+
+def load_taesd(pipe: Any, device: str) -> Any:
+    """TAESD (a tiny VAE decoder) when it is in the local Hugging Face cache; None otherwise.
+    Never downloads."""
+    if pipe.vae.config.latent_channels != 4:
+        return None
+    repo = "madebyollin/taesdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "madebyollin/taesd"
+    try:
+        from diffusers import AutoencoderTiny
+
+        return AutoencoderTiny.from_pretrained(repo, local_files_only=True).to(device, pipe.vae.dtype).eval()
+    except Exception:  # not cached (the usual case offline)
+        return None
+
+
+def taesd_image(taesd: Any, latents: Any, scaling_factor: float):  # noqa: ANN201
+    """latents: [C, h, w] (pipeline-scaled) → PIL image decoded by TAESD."""
+    import torch
+    from PIL import Image
+
+    with torch.no_grad():
+        img = taesd.decode(latents[None].to(taesd.dtype) / scaling_factor * taesd.config.scaling_factor).sample[0]
+    arr = ((img.float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().cpu().numpy()
+    return Image.fromarray(arr)
