@@ -167,3 +167,16 @@ def test_reproduce_through_the_studio_is_byte_identical(services, tiny) -> None:
     runner.execute(again.id)
     redo = services.jobs.get(again.id).assets[0]
     assert services.assets.path(redo.id).read_bytes() == services.assets.path(orig.id).read_bytes()
+
+
+def test_sdxl_folder_picks_the_xl_pipeline_and_clockwork_works(tmp_path) -> None:  # noqa: ANN001
+    from tests.tiny_sd import make_tiny_sdxl
+
+    model = make_tiny_sdxl(tmp_path / "xl")
+    cache: dict = {}
+    res = T2IEngine().run(params(model, steps=4, scheduler="Euler a"), make_ctx(tmp_path / "a", cache))
+    (loaded,) = cache.values()
+    assert type(loaded.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert Image.open(res.artifacts[0].path).size == (32, 32)
+    cw = T2IEngine().run(params(model, steps=4, clockwork="reuse"), make_ctx(tmp_path / "b", cache))
+    assert cw.meta["clockwork_cheap_steps"] == 2
