@@ -116,9 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--sd15", action="store_true", help="also time an SD1.5-shaped U-Net at 256x256")
+    ap.add_argument("--sd15-only", action="store_true", help="only the SD1.5-shaped U-Net timing")
+    ap.add_argument("--sd15-steps", type=int, default=8)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.sd15_only:
+        print(json.dumps({"sd15_unet": sd15_unet_loop(steps=args.sd15_steps, period=args.period, rounds=2)}))
+        return 0
     from engines.base import ModelSpec
     from engines.t2i.engine import adaptor_path, load_pipeline
 
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             row["n_images"] = r["n"]
         out["runs"].append(row)
     if args.sd15:
-        out["sd15_unet"] = sd15_unet_loop(steps=4, period=args.period, rounds=2)
+        out["sd15_unet"] = sd15_unet_loop(steps=args.sd15_steps, period=args.period, rounds=2)
     print(json.dumps(out))
     return 0
 

@@ -27,6 +27,11 @@ def create_app(services: Services, with_ui: bool = True) -> FastAPI:
     install(app, AccessPolicy(allow_remote=services.settings.insecure_listen))
     if with_ui:
         import gradio as gr
+        from fastapi.staticfiles import StaticFiles
+
+        static = Path(__file__).resolve().parents[1] / "ui" / "static"
+        if static.is_dir():  # the in-browser viewers (WebGL splat viewer)
+            app.mount("/static", StaticFiles(directory=static), name="static")
 
         from ui.app import build as build_ui
 
