@@ -56,7 +56,7 @@ def sniff(path: Path, filename: str, *, max_image_pixels: int, max_archive_bytes
     if name.endswith(".splat"):
         if size % 32:
             raise UploadRejected(f".splat size {size} is not a multiple of 32 bytes (truncated?)", 400)
-        return Sniffed("splat", "application/octet-stream", meta={"gaussians": size // 32})
+        return Sniffed("splat", "application/octet-stream", meta={"format": "splat", "n_gaussians": size // 32})
     raise UploadRejected("unsupported file type (accepted: png, jpeg, webp, gif, hdr, ply, splat, "
                          "safetensors, mp4, webm, zip)")
 

@@ -86,3 +86,23 @@ def test_generate_tab_renders_and_cancels(studio_server, browser, tiny_model, tm
     page.locator("#gen-status").get_by_text("canceled").wait_for(timeout=30000)
     page.screenshot(path=str(tmp_path / "generate.png"))
     page.close()
+
+
+def test_splat_tab_upload_and_render_both_modes(studio_server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    sample = Path(__file__).parent / "data" / "splats" / "fruit_drops_minimal.ply"
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Splat").click(timeout=60000)
+    page.locator("#splat-upload input[type=file]").set_input_files(str(sample))
+    page.locator("#splat-status").get_by_text("Loaded").wait_for(timeout=60000)
+    page.locator("#splat-render").click()
+    for elem in ("#splat-alpha", "#splat-wsr"):
+        page.wait_for_function(f"() => !!document.querySelector('{elem} img')", timeout=120000)
+    href = page.locator("#splat-viewer-link").get_attribute("href")
+    assert href.startswith("/static/splat/viewer.html?url=/api/v1/assets/")
+    import httpx
+
+    assert httpx.get(studio_server.url + href.split("?")[0]).status_code == 200
+    assert httpx.get(studio_server.url + href.split("url=")[1].split("&")[0]).content[:3] == b"ply"
+    page.screenshot(path=str(tmp_path / "splat.png"))
+    page.close()

@@ -18,7 +18,7 @@ VIEWER = "/static/splat/viewer.html"
 
 
 def scene_choices(services: Services) -> list[tuple[str, str]]:
-    return [(f"{a.filename or a.id} ({a.meta.get('gaussians', a.meta.get('n', '?'))} splats)", a.id)
+    return [(f"{a.filename or a.id} ({a.meta.get('n_gaussians', a.meta.get('gaussians', '?'))} splats)", a.id)
             for a in services.assets.list(kind="splat", limit=200)]
 
 

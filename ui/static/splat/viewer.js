@@ -1,7 +1,7 @@
 // In-browser 3DGS viewer (WebGL2): sorted alpha blending (depth sort in a web worker) and
 // sort-free weighted-sum rendering (additive float accumulation + resolve pass).
 // Projection, extents and blending follow engines/splat/render.py so a frame matches the
-// server's reference render of the same camera. Colours use the SH DC term only.
+// server's reference render of the same camera. Colours: spherical harmonics up to degree 3.
 "use strict";
 
 const SH_C0 = 0.28209479177387814;
@@ -60,15 +60,23 @@ function parsePly(buf) {
     const n = el.count;
     const get = (name, i) => { const [o, f] = offs[name]; return dv[f](off + i * stride + o, little); };
     const s = emptyScene(n, "vdo_3" in offs);
+    let nRest = 0;
+    while (("f_rest_" + nRest) in offs) nRest++;
+    const restK = { 0: 0, 9: 3, 24: 8, 45: 15 }[nRest];
+    if (restK === undefined) throw new Error("PLY has " + nRest + " f_rest_* properties (expected 0, 9, 24 or 45)");
+    s.shK = restK;  // non-DC coefficients per channel
+    s.sh = restK ? new Float32Array(n * 48) : null;  // 16 vec3 slots per splat (12 RGBA texels)
     for (let i = 0; i < n; i++) {
       s.pos[3 * i] = get("x", i); s.pos[3 * i + 1] = get("y", i); s.pos[3 * i + 2] = get("z", i);
       for (let c = 0; c < 3; c++) {
-        s.color[4 * i + c] = Math.max(0, 0.5 + SH_C0 * get("f_dc_" + c, i));
+        s.color[4 * i + c] = 0.5 + SH_C0 * get("f_dc_" + c, i);  // clamped after the SH terms
         s.scale[3 * i + c] = Math.exp(get("scale_" + c, i));
       }
       s.color[4 * i + 3] = 1 / (1 + Math.exp(-get("opacity", i)));
       setRot(s.rot, i, get("rot_0", i), get("rot_1", i), get("rot_2", i), get("rot_3", i));
       if (s.vdo) for (let k = 0; k < 4; k++) s.vdo[4 * i + k] = get("vdo_" + k, i);
+      // f_rest is channel-major: f_rest_{c*K + j}; stored as [j][c]
+      for (let j = 0; j < restK; j++) for (let c = 0; c < 3; c++) s.sh[48 * i + 3 * j + c] = get("f_rest_" + (c * restK + j), i);
     }
     s.meta = meta;
     return s;
@@ -99,7 +107,7 @@ function parseSplat(buf) {
 
 function emptyScene(n, vdo) {
   return { n, pos: new Float32Array(3 * n), scale: new Float32Array(3 * n), rot: new Float32Array(4 * n),
-    color: new Float32Array(4 * n), vdo: vdo ? new Float32Array(4 * n) : null, meta: {} };
+    color: new Float32Array(4 * n), vdo: vdo ? new Float32Array(4 * n) : null, meta: {}, sh: null, shK: 0 };
 }
 
 function setRot(rot, i, w, x, y, z) {
@@ -154,7 +162,8 @@ const VS = `#version 300 es
 precision highp float; precision highp int; precision highp sampler2D;
 in vec2 corner;
 in uint splatIndex;
-uniform sampler2D uPos, uCovA, uCovB, uColor, uVdo, uPlane;
+uniform sampler2D uPos, uCovA, uCovB, uColor, uVdo, uPlane, uSh;
+uniform int uShK;
 uniform mat3 uR; uniform vec3 uT; uniform vec3 uEye;
 uniform vec2 uFocal, uPrincipal, uSize;
 uniform int uMode, uVariant, uHasVdo, uUsePlanes;
@@ -200,7 +209,34 @@ void main() {
     }
     if (w <= 0.0) return;
   }
-  vColor = vec4(uUsePlanes == 1 ? texelFetch(uPlane, tc, 0).rgb : texelFetch(uColor, tc, 0).rgb, o);
+  vec3 rgb = texelFetch(uColor, tc, 0).rgb;
+  if (uShK > 0 && uUsePlanes == 0) {
+    // = render.eval_sh: view direction from the camera centre to the splat, world space
+    float sh[48];
+    int base = int(splatIndex) * 12;
+    for (int t = 0; t < 12; t++) {
+      vec4 v = texelFetch(uSh, ivec2((base + t) % ${TEX_W}, (base + t) / ${TEX_W}), 0);
+      sh[4 * t] = v.x; sh[4 * t + 1] = v.y; sh[4 * t + 2] = v.z; sh[4 * t + 3] = v.w;
+    }
+    #define C(j) vec3(sh[3 * (j)], sh[3 * (j) + 1], sh[3 * (j) + 2])
+    vec3 d = normalize(p4.xyz - uEye);
+    float x = d.x, y = d.y, z = d.z;
+    rgb += ${SH_C1} * (-y * C(0) + z * C(1) - x * C(2));
+    if (uShK > 3) {
+      float xx = x * x, yy = y * y, zz = z * z;
+      rgb += 1.0925484305920792 * x * y * C(3) - 1.0925484305920792 * y * z * C(4)
+           + 0.31539156525252005 * (2.0 * zz - xx - yy) * C(5) - 1.0925484305920792 * x * z * C(6)
+           + 0.5462742152960396 * (xx - yy) * C(7);
+      if (uShK > 8) {
+        rgb += -0.5900435899266435 * y * (3.0 * xx - yy) * C(8) + 2.890611442640554 * x * y * z * C(9)
+             - 0.4570457994644658 * y * (4.0 * zz - xx - yy) * C(10)
+             + 0.3731763325901154 * z * (2.0 * zz - 3.0 * xx - 3.0 * yy) * C(11)
+             - 0.4570457994644658 * x * (4.0 * zz - xx - yy) * C(12) + 1.445305721320277 * z * (xx - yy) * C(13)
+             - 0.5900435899266435 * x * (xx - 3.0 * yy) * C(14);
+      }
+    }
+  }
+  vColor = vec4(uUsePlanes == 1 ? texelFetch(uPlane, tc, 0).rgb : max(rgb, 0.0), o);
   vConic = vec3(c, -b, a) / det;
   vCenter = m;
   vWeight = w;
@@ -312,6 +348,7 @@ class Viewer {
       uPos: floatTexture(gl, pos, n), uCovA: floatTexture(gl, ca, n), uCovB: floatTexture(gl, cb, n),
       uColor: floatTexture(gl, s.color, n), uVdo: floatTexture(gl, s.vdo || new Float32Array(4), s.vdo ? n : 1),
       uPlane: floatTexture(gl, this.planeColors(), n),
+      uSh: floatTexture(gl, s.sh || new Float32Array(4), s.sh ? 12 * n : 1),
     };
     this.vao = gl.createVertexArray();
     gl.bindVertexArray(this.vao);
@@ -419,6 +456,7 @@ class Viewer {
     gl.uniform1i(gl.getUniformLocation(this.prog, "uVariant"), { dir: 0, exp: 1, lc: 2 }[variant] ?? 2);
     gl.uniform1f(gl.getUniformLocation(this.prog, "uSigma"), wsr ? this.wsrSigma(cam) : 1);
     gl.uniform1i(gl.getUniformLocation(this.prog, "uHasVdo"), this.scene.vdo ? 1 : 0);
+    gl.uniform1i(gl.getUniformLocation(this.prog, "uShK"), this.scene.shK || 0);
     gl.uniform1i(gl.getUniformLocation(this.prog, "uUsePlanes"), o.planes && o.labels ? 1 : 0);
     gl.enable(gl.BLEND);
     gl.disable(gl.DEPTH_TEST);
