@@ -18,6 +18,7 @@ BENCHES = {
     "queue": "bench.queue_latency:main",
     "clockwork": "bench.clockwork:main",
     "t2i": "bench.t2i:main",
+    "adapters": "bench.adapters:main",
     "splat": "bench.splat:main",
 }
 EVALS = {

@@ -47,3 +47,23 @@ def job_outputs(services: Services, job_id: str | None) -> tuple[Any, ...]:
     return (fmt_job_line(j), round(j.progress * 100, 1),
             str(preview) if preview and preview.is_file() and j.status == "running" else None,
             images, files)
+
+
+def cancel_job(services: Services, job_id: str | None) -> str:
+    """Cancel from a button: a status line either way, never an exception."""
+    from studio.errors import StudioError
+
+    if not job_id:
+        return "No job to cancel."
+    try:
+        return fmt_job_line(services.jobs.cancel(job_id))
+    except StudioError as e:
+        return str(e)
+
+
+def uploader(services: Services):  # noqa: ANN201
+    """A function turning a Gradio temp-file path into a validated asset id."""
+    def upload(path: str) -> str:
+        with open(path, "rb") as f:
+            return services.assets.upload(f, Path(path).name).id
+    return upload

@@ -1,7 +1,6 @@
 """Generate tab: text-to-image with live preview, cancel, Clockwork, reproduce, model picker."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -9,7 +8,7 @@ import gradio as gr
 from studio.catalog import engine_schema
 from studio.errors import StudioError
 from studio.wiring import Services
-from ui.common import fmt_job_line, job_outputs
+from ui.common import cancel_job, fmt_job_line, job_outputs, uploader
 from ui.forms import build_form, collect
 
 ENGINE = "t2i"
@@ -80,11 +79,8 @@ def build_tab(services: Services) -> None:
                 files = gr.File(label="Download originals", file_count="multiple", interactive=False)
 
         def submit(values: dict[Any, Any]) -> tuple[str, str]:
-            def upload(path: str) -> str:
-                with open(path, "rb") as f:
-                    return services.assets.upload(f, Path(path).name).id
             try:
-                params = collect(schema, comps, values, upload)
+                params = collect(schema, comps, values, uploader(services))
                 params["model"] = (values.get(model) or "embedded").strip()
                 if not values.get(native):
                     params["width"], params["height"] = int(values[width]), int(values[height])
@@ -99,15 +95,7 @@ def build_tab(services: Services) -> None:
         go.click(submit, inputs=inputs, outputs=[job_state, status])
         comps["prompt"].submit(submit, inputs=inputs, outputs=[job_state, status])
 
-        def do_cancel(job_id: str | None) -> str:
-            if not job_id:
-                return "Nothing to cancel."
-            try:
-                return fmt_job_line(services.jobs.cancel(job_id))
-            except StudioError as e:
-                return str(e)
-
-        cancel.click(do_cancel, inputs=job_state, outputs=status)
+        cancel.click(lambda jid: cancel_job(services, jid), inputs=job_state, outputs=status)
 
         def poll(job_id: str | None) -> tuple[Any, ...]:
             st, pct, pv, images, fls = job_outputs(services, job_id)

@@ -2,7 +2,6 @@
 preview and cancel. Engine-specific tabs (Generate, Splat, …) build on the same parts."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -10,7 +9,7 @@ import gradio as gr
 from studio.catalog import engine_list
 from studio.errors import StudioError
 from studio.wiring import Services
-from ui.common import fmt_job_line, job_outputs
+from ui.common import cancel_job, fmt_job_line, job_outputs, uploader
 from ui.forms import build_form, collect
 
 
@@ -44,11 +43,8 @@ def build_tab(services: Services) -> None:
                     submit_btn = gr.Button("Run", variant="primary", elem_id="run-submit")
 
                     def submit(values: dict[Any, Any]) -> tuple[str, str]:
-                        def upload(path: str) -> str:
-                            with open(path, "rb") as f:
-                                return services.assets.upload(f, Path(path).name).id
                         try:
-                            params = collect(schema, comps, values, upload)
+                            params = collect(schema, comps, values, uploader(services))
                             job = services.jobs.submit(name, params, origin="ui")
                         except (StudioError, ValueError) as e:
                             raise gr.Error(str(e)) from None
@@ -63,15 +59,7 @@ def build_tab(services: Services) -> None:
                 gallery.render()
                 files.render()
 
-        def cancel(job_id: str | None) -> str:
-            if not job_id:
-                return "No job to cancel."
-            try:
-                return fmt_job_line(services.jobs.cancel(job_id))
-            except StudioError as e:
-                return str(e)
-
-        cancel_btn.click(cancel, inputs=job_state, outputs=status)
+        cancel_btn.click(lambda jid: cancel_job(services, jid), inputs=job_state, outputs=status)
         timer = gr.Timer(0.5)
         timer.tick(lambda jid: job_outputs(services, jid), inputs=job_state,
                    outputs=[status, progress, preview, gallery, files], show_progress="hidden")

@@ -1,0 +1,1 @@
+"""Adapters: LoRA (diffusers/peft), SHiRA (sparse high-rank, fused switching), FouRA."""
