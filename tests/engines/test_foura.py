@@ -1,0 +1,50 @@
+"""FouRA on real Linear layers: DCT orthonormality, identity at init, gate, frozen-gate fusion."""
+from __future__ import annotations
+
+import torch
+
+from engines.adapters.foura import FouraLinear, dct_matrix, fuse, inject
+
+
+def test_dct_is_orthonormal() -> None:
+    d = dct_matrix(40)
+    assert torch.allclose(d @ d.T, torch.eye(40), atol=1e-5)
+
+
+def test_zero_init_is_identity_and_training_changes_output() -> None:
+    torch.manual_seed(0)
+    base = torch.nn.Linear(32, 24)
+    f = FouraLinear(base, rank=8)
+    x = torch.randn(5, 32)
+    assert torch.allclose(f(x), base(x))
+    opt = torch.optim.Adam([p for p in f.parameters() if p.requires_grad], lr=1e-2)
+    target = torch.randn(5, 24)
+    for _ in range(50):
+        loss = (f(x) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.allclose(f(x), base(x))
+    assert base.weight.grad is None  # the base stays frozen
+    assert f.gate_mlp[0].weight.grad is not None  # the gate learns through the straight-through estimator
+
+
+def test_gate_is_input_dependent_and_frozen_gate_fuses_exactly() -> None:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    layers = inject(model, ["0", "2"], rank=6)
+    assert set(layers) == {"0", "2"}
+    for lyr in layers.values():
+        torch.nn.init.normal_(lyr.up.weight, std=0.1)
+    xs = torch.randn(64, 16)
+    masks = set()
+    for x in xs:
+        layers["0"](x[None])
+        masks.add(layers["0"].last_gate_density)
+    assert len(masks) > 1  # effective rank varies with the input
+    for lyr in layers.values():
+        lyr.freeze_gate()
+    unfused = model(xs)
+    fuse(layers)
+    fused = model(xs)
+    assert torch.allclose(unfused, fused, atol=1e-5)
