@@ -99,7 +99,9 @@ class EngineContext:
     # worker-cached result of ``build(spec)`` for (spec, key, device, dtype).
     load_model: Callable[[str, str, Callable[[ModelSpec], Any]], Any] | None = None
     resolve_input: Callable[[str], Path] = Path
-    seed_base: int | None = None
+    # Survives crashes and retries of the same params (checkpoints for resume); removed by the
+    # Studio when the job completes. None when the caller offers no persistence.
+    state_dir: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def check_cancelled(self) -> None:

@@ -16,6 +16,7 @@ BUILTIN: dict[str, str] = {
     "splat-planes": "engines.splat.engine:SplatPlanes",
     "splat-reconstruct": "engines.splat.engine:SplatReconstruct",
     "t2i": "engines.t2i.engine:T2IEngine",
+    "adapter-train": "engines.adapters.engine:AdapterTrainEngine",
 }
 
 

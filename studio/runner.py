@@ -141,6 +141,7 @@ class JobRunner:
             if n == 0:  # someone (recovery) already finalised it: keep their verdict
                 s.rollback()
                 return "failed"
+        shutil.rmtree(self._state_dir(job_id), ignore_errors=True)  # checkpoints served their purpose
         return "completed"
 
     def _finish(self, job_id: str, status: str, **values: Any) -> None:
@@ -194,7 +195,19 @@ class JobRunner:
 
         return EngineContext(work_dir=work, device=self.device, dtype=self.dtype, report=report,
                              is_cancelled=is_cancelled, load_model=load_model,
-                             resolve_input=self.assets.path)
+                             resolve_input=self.assets.path, state_dir=self._state_dir(job_id))
+
+    def _state_dir(self, job_id: str) -> Path:
+        """Per-params persistent dir: a retry of the same job (same engine + params) finds the
+        checkpoints of the interrupted run and resumes."""
+        import hashlib
+        import json
+
+        job = self.jobs.get(job_id)
+        key = hashlib.sha256(json.dumps([job.engine, job.params], sort_keys=True).encode()).hexdigest()[:24]
+        d = self.settings.data_dir / "state" / job.engine / key
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     # -- heartbeat -----------------------------------------------------------------------
     def beat(self) -> None:
