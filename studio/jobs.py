@@ -40,15 +40,21 @@ def validate_params(engine_name: str, params: dict[str, Any]) -> Any:
         raise InvalidParams([{"field": _field_name(err["loc"]), "message": err["msg"]} for err in e.errors()]) from None
 
 
-def input_fields(engine_name: str) -> dict[str, list[str]]:
-    """Params that name input files, with the asset kinds each accepts."""
+def input_fields(engine_name: str) -> dict[str, tuple[str | None, list[str]]]:
+    """Params that name input files: field -> (key inside list items or None, accepted kinds).
+    Covers a plain field and a list of objects one of whose keys is a file (e.g. adapters)."""
     schema = registry.get(engine_name).params_model.model_json_schema()
-    out = {}
+    defs = schema.get("$defs", {})
+    out: dict[str, tuple[str | None, list[str]]] = {}
     for name, prop in schema.get("properties", {}).items():
-        candidates = [prop] + list(prop.get("anyOf", []))
-        for c in candidates:
+        for c in [prop] + list(prop.get("anyOf", [])):
             if c.get("format") == INPUT_FILE_MARK:
-                out[name] = list(prop.get("x-asset-kinds") or c.get("x-asset-kinds") or [])
+                out[name] = (None, list(prop.get("x-asset-kinds") or c.get("x-asset-kinds") or []))
+        ref = (prop.get("items") or {}).get("$ref", "")
+        item = defs.get(ref.split("/")[-1], {}) if ref else {}
+        for key, sub in item.get("properties", {}).items():
+            if sub.get("format") == INPUT_FILE_MARK:
+                out[name] = (key, list(sub.get("x-asset-kinds") or []))
     return out
 
 
@@ -71,11 +77,15 @@ class JobService:
         """
         model = validate_params(engine, params)
         data = model.model_dump(mode="json")
-        for name, kinds in input_fields(engine).items():
+        for name, (key, kinds) in input_fields(engine).items():
             value = data.get(name)
-            if value in (None, ""):
+            if value in (None, "", []):
                 continue
-            data[name] = self._resolve_input(name, str(value), kinds, origin)
+            if key is None:
+                data[name] = self._resolve_input(name, str(value), kinds, origin)
+            else:
+                data[name] = [item | {key: self._resolve_input(f"{name}.{i}.{key}", str(item[key]), kinds, origin)}
+                              for i, item in enumerate(value)]
         if self.models is not None:
             for name in registry.get(engine).model_params:
                 try:

@@ -127,3 +127,33 @@ def fuse(layers: dict[str, FouraLinear]) -> None:
     for lyr in layers.values():
         lyr.base.weight.data += lyr.delta_weight().to(lyr.base.weight.dtype)
         lyr.scale = 0.0
+
+
+def load_fused_deltas(path: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+    """ΔW per layer from a saved frozen-gate FouRA file (``studio-foura-v1``), checked
+    against ``model``'s layer shapes. Used to apply FouRA in fused mode."""
+    from safetensors import safe_open
+
+    from engines.adapters.shira import linear_of
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "studio-foura-v1":
+            raise ValueError("not a Studio FouRA adapter")
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    mods = dict(model.named_modules())
+    out = {}
+    for name in sorted({k.rsplit(".", 2)[0] for k in t if k.endswith(("down.weight", "up.weight"))}):
+        lin = linear_of(mods.get(name))
+        if lin is None:
+            raise ValueError(f"layer {name} is not a Linear layer of this base model")
+        down, up = t[f"{name}.down.weight"].float(), t[f"{name}.up.weight"].float()  # [r, in], [out, r]
+        if down.shape[1] != lin.in_features or up.shape[0] != lin.out_features:
+            raise ValueError(f"layer {name}: adapter shape does not fit {tuple(lin.weight.shape)}")
+        mask = t.get(f"{name}.frozen_mask")
+        g = mask.float() if mask is not None and mask.numel() == down.shape[0] else torch.ones(down.shape[0])
+        d_in, d_out = dct_matrix(lin.in_features), dct_matrix(lin.out_features)
+        out[name] = d_out.T @ up @ (down * g[:, None]) @ d_in  # [out, in]
+    if not out:
+        raise ValueError("FouRA file has no layers")
+    return out

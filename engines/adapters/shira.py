@@ -114,8 +114,8 @@ class ShiraAdapter:
             if idx.shape != val.shape or idx.ndim != 1:
                 raise ValueError(f"layer {name}: idx/val shapes differ")
             if model is not None:
-                m = mods.get(name)
-                if not isinstance(m, nn.Linear):
+                m = linear_of(mods.get(name))
+                if m is None:
                     raise ValueError(f"layer {name} is not a Linear layer of this base model")
                 if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= m.weight.numel()):
                     raise ValueError(f"layer {name}: indices outside its {tuple(m.weight.shape)} weight")
@@ -135,6 +135,15 @@ def random_adapter(model: nn.Module, density: float, scale: float = 1e-2, seed: 
     return ShiraAdapter(layers, {"density": density, "mask": mask_type})
 
 
+def linear_of(module: nn.Module | None) -> nn.Linear | None:
+    """The Linear holding the real weight: the module itself, or its peft ``base_layer`` when
+    a LoRA wraps it (so SHiRA and LoRA can act on the same layer without nesting tuners)."""
+    if isinstance(module, nn.Linear):
+        return module
+    base = getattr(module, "base_layer", None)
+    return base if isinstance(base, nn.Linear) else None
+
+
 class FusedSwitcher:
     """Keeps a model's weights fused with the active SHiRA mix; switches by scatter.
 
@@ -144,6 +153,7 @@ class FusedSwitcher:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.modules = dict(model.named_modules())
         self.saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (idx, original values)
         self.active: list[tuple[ShiraAdapter, float]] = []
@@ -151,7 +161,7 @@ class FusedSwitcher:
     @torch.no_grad()
     def restore(self) -> None:
         for name, (idx, orig) in self.saved.items():
-            self.modules[name].weight.view(-1).index_copy_(0, idx, orig)
+            self._weight(name).view(-1).index_copy_(0, idx, orig)
         self.saved.clear()
         self.active = []
 
@@ -163,7 +173,7 @@ class FusedSwitcher:
             for name, (idx, val) in adapter.layers.items():
                 per_layer.setdefault(name, []).append((idx, val, w))
         for name, parts in per_layer.items():
-            flat = self.modules[name].weight.view(-1)
+            flat = self._weight(name).view(-1)
             dev = flat.device
             idx_all = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts]).unique()
             idx_all = idx_all.to(dev)
@@ -171,3 +181,9 @@ class FusedSwitcher:
             for idx, val, w in parts:
                 flat.index_add_(0, idx.to(dev), val.to(dev, flat.dtype) * w)
         self.active = list(mix)
+
+    def _weight(self, name: str) -> torch.Tensor:
+        lin = linear_of(self.modules.get(name))
+        if lin is None:
+            raise KeyError(f"no Linear layer {name!r} in this model")
+        return lin.weight

@@ -34,7 +34,7 @@ def _camera(p: CameraParams, scene: Any) -> Any:
         half = 0.5 * float(np.linalg.norm(hi - lo)) or 1.0
         fov = math.radians(min(p.fov, p.fov * p.height / p.width))
         radius = half / math.sin(fov / 2) * 1.05
-    return orbit_camera(target, p.azimuth, p.elevation, radius, p.fov, p.width, p.height, up)
+    return orbit_camera(target, p.azimuth, p.elevation, radius * p.radius_scale, p.fov, p.width, p.height, up)
 
 
 def _load(path_value: str, ctx: EngineContext, max_gaussians: int) -> Any:
@@ -89,7 +89,7 @@ class SplatRender(Engine):
         outputs = {"rgb": ("rgb",), "depth": ("depth",), "normal": ("normal",), "planes": ("planes",)}[params.output]
         with torch.no_grad():
             out = render(SplatTensors.from_scene(scene, dev), cam.to(dev), params.mode, outputs,
-                         BACKGROUNDS[params.background], wsr, colors)
+                         BACKGROUNDS[params.background], wsr, colors, use_gsplat=dev.startswith("cuda"))
         if params.output == "rgb":
             img = to_uint8(out["rgb"])
         elif params.output == "depth":
@@ -176,13 +176,22 @@ class SplatReconstruct(Engine):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         every = max(1, params.steps // 20)
+        preview_every = max(1, params.steps // 5)
+        preview = ctx.work_dir / "preview.png"
+        state: dict[str, Any] = {}
 
         def on_step(step: int, total: int, loss: float) -> None:
             ctx.check_cancelled()
             if step % every == 0 or step == total:
-                ctx.progress(step, total, f"step {step}/{total} L1 {loss:.4f}")
+                shown = None
+                if step % preview_every == 0 and "model" in state:
+                    cam0, img0 = train[0]
+                    with torch.no_grad():
+                        r0 = render(state["model"](), cam0, params.mode, ("rgb",), bg)["rgb"]
+                    shown = _save_png(np.concatenate([to_uint8(r0), to_uint8(img0)], 1), preview)
+                ctx.progress(step, total, f"step {step}/{total} L1 {loss:.4f}", shown)
 
-        result = reconstruct(train, cfg, on_step)
+        result = reconstruct(train, cfg, on_step, state)
         ctx.check_cancelled()
         psnr_test = evaluate(result, test, cfg)
         psnr_train = evaluate(result, train[:8], cfg)

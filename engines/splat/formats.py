@@ -239,10 +239,18 @@ def _check_finite(scene: GaussianScene) -> None:
             raise SceneFormatError(f"scene has NaN/inf values in {name} ({bad} Gaussians)")
     if scene.vdo is not None and not np.isfinite(scene.vdo).all():
         raise SceneFormatError("scene has NaN/inf values in view-dependent opacity")
-    if len(scene) and (np.abs(scene.log_scales) > 30).any():
+    if not len(scene):
+        return
+    # finite but absurd values overflow float32 maths downstream (inf * 0 = NaN pixels)
+    if (np.abs(scene.log_scales) > 30).any():
         raise SceneFormatError("scene has absurd scales (|log scale| > 30)")
-    if len(scene) and (np.linalg.norm(scene.quats, axis=1) < 1e-12).any():
-        raise SceneFormatError("scene has zero-length rotation quaternions")
+    if (np.abs(scene.means) > 1e9).any():
+        raise SceneFormatError("scene has absurd positions (|x| > 1e9)")
+    if (np.abs(scene.sh) > 1e4).any():
+        raise SceneFormatError("scene has absurd colour coefficients (|SH| > 1e4)")
+    qn = np.linalg.norm(scene.quats.astype(np.float64), axis=1)
+    if (qn < 1e-12).any() or (qn > 1e18).any():
+        raise SceneFormatError("scene has zero-length or absurd rotation quaternions")
 
 
 def _fields(arr: np.ndarray, names: list[str]) -> np.ndarray:

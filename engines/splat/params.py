@@ -18,6 +18,8 @@ class CameraParams(Params):
     elevation: float = Field(20.0, ge=-89.0, le=89.0, description="orbit elevation in degrees above the horizon")
     radius: float | None = Field(None, gt=0.0, le=1e6,
                                  description="camera distance from the target; empty = fit the scene bounds")
+    radius_scale: float = Field(1.0, ge=0.05, le=20.0,
+                                description="zoom: multiplies the camera distance (fitted or given); <1 is closer")
     fov: float = Field(50.0, ge=5.0, le=150.0, description="horizontal field of view in degrees")
     target: tuple[float, float, float] | None = Field(None, description="look-at point; empty = scene centre")
     up: Literal["auto", "y", "-y", "z", "-z"] = Field(

@@ -40,6 +40,8 @@ class PlaneConfig:
     knn: int = 10
     min_count: int = 30  # members for a node to be a plane instance
     max_planes: int = 64
+    merge: bool = True  # tree merging above level 1 (off = connected components only, for ablation)
+    max_graph: int = 200_000  # the tree is built on at most this many Gaussians (random subset); all are assigned
 
 
 @dataclass
@@ -62,15 +64,33 @@ def scene_normals(scene: GaussianScene) -> np.ndarray:
     return R[np.arange(len(k)), :, k]
 
 
-def knn(points: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force k nearest neighbours (excluding self) with torch.cdist: [N, k] idx, dist."""
+def knn(points: np.ndarray, k: int, chunk: int = 2048, kd_min: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours (excluding self): [N, k] idx, dist. open3d's KD-tree from ``kd_min``
+    points on (200k points in ~1 s), else exact brute force with torch.cdist (O(N^2))."""
+    k = min(k, max(1, len(points) - 1))
+    if len(points) >= kd_min:
+        try:
+            import open3d as o3d
+
+            pts = o3d.core.Tensor(np.ascontiguousarray(points, np.float32))
+            nns = o3d.core.nns.NearestNeighborSearch(pts)
+            nns.knn_index()
+            idx, d2 = nns.knn_search(pts, k + 1)
+            idx, d2 = idx.numpy().astype(np.int64), d2.numpy()
+            is_self = idx == np.arange(len(points))[:, None]
+            # drop self (usually column 0; duplicates may move it), else the farthest
+            drop = np.where(is_self.any(1), is_self.argmax(1), k)
+            keep = np.ones_like(idx, bool)
+            keep[np.arange(len(points)), drop] = False
+            return idx[keep].reshape(-1, k), np.sqrt(np.maximum(d2[keep].reshape(-1, k), 0))
+        except ImportError:
+            pass
     import torch
 
-    p = torch.as_tensor(points, dtype=torch.float32)
-    k = min(k, max(1, len(p) - 1))
+    p = torch.as_tensor(points, dtype=torch.float64)  # fp32 cdist (|a|^2+|b|^2-2ab) errs by ~1e-4
     idx, dist = [], []
     for s in range(0, len(p), chunk):
-        d = torch.cdist(p[s:s + chunk], p)
+        d = torch.cdist(p[s:s + chunk], p, compute_mode="donot_use_mm_for_euclid_dist")
         d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
         v, i = torch.topk(d, k, dim=1, largest=False)
         idx.append(i)
@@ -150,6 +170,9 @@ def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
     cos_2t = math.cos(math.radians(min(2 * cfg.angle_deg, 60.0)))  # assignment is looser than merging
     if len(cand) < cfg.min_count:
         return PlaneResult([], labels)
+    all_cand = cand
+    if len(cand) > cfg.max_graph:
+        cand = np.sort(np.random.default_rng(0).choice(cand, cfg.max_graph, replace=False))
     P = scene.means[cand].astype(np.float64)
     Nrm = scene_normals(scene)[cand]
     W = scene.opacities[cand].astype(np.float64) * ss[cand, 1] * ss[cand, 2]
@@ -190,7 +213,7 @@ def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
         if c is not None:
             heapq.heappush(heap, (c, x, y, nodes[x].ver, nodes[y].ver))
 
-    for x in range(nseg):
+    for x in range(nseg if cfg.merge else 0):
         for y in adj[x]:
             if x < y and (nodes[x].count > 1 or nodes[y].count > 1):
                 push(x, y)
@@ -218,43 +241,60 @@ def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
             check()
     roots = sorted((nd_ for nd_ in nodes if nd_.alive and nd_.count >= cfg.min_count), key=lambda n_: -n_.count)
     roots = roots[:cfg.max_planes]
-    # --- refit, orient, extents
+    # --- orient each root's plane toward the scene centre
     planes: list[dict[str, Any]] = []
     fits = []
     for r in roots:
-        m = np.asarray(r.members)
         n, off, _ = r.plane()
         mu = r.s1 / r.w
         if n @ (centre - mu) < 0:
             n = -n
         off = float(n @ mu)
         fits.append((n, off, mu))
-    # --- probabilistic assignment of every candidate to its most likely consistent plane
+    # --- probabilistic assignment of every candidate (all of them, if the tree used a subset)
+    members = [np.asarray(r.members, dtype=np.int64) for r in roots]
+    if len(all_cand) != len(cand):
+        pos = np.searchsorted(all_cand, cand)
+        members = [pos[m] for m in members]
+        cand = all_cand
+        P = scene.means[cand].astype(np.float64)
+        Nrm = scene_normals(scene)[cand]
+        W = scene.opacities[cand].astype(np.float64) * ss[cand, 1] * ss[cand, 2]
+        W = W / W.mean()
     lab_c = -np.ones(len(P), int)
     if fits:
         normals = np.stack([f[0] for f in fits])  # [K, 3]
         offs = np.array([f[1] for f in fits])
-        dist = P @ normals.T - offs[None]  # [n, K]
-        cosn = np.abs(Nrm @ normals.T)
-        logp = -0.5 * (dist / tau) ** 2 - 0.5 * ((1 - cosn) / max(1 - cos_t, 1e-9)) ** 2
-        # spatial connectivity: within the plane's member extent (+ a margin)
-        inside = np.ones_like(logp, bool)
-        for k, r in enumerate(roots):
-            m = np.asarray(r.members)
-            u, v = _basis(normals[k])
-            pu, pv = P[m] @ u, P[m] @ v
-            margin = 4 * med
-            qu, qv = P @ u, P @ v
-            inside[:, k] = (qu >= pu.min() - margin) & (qu <= pu.max() + margin) & \
-                           (qv >= pv.min() - margin) & (qv <= pv.max() + margin)
-        valid = (np.abs(dist) <= 2 * tau) & (cosn >= cos_2t) & inside
-        logp = np.where(valid, logp, -np.inf)
-        best = logp.argmax(1)
-        lab_c = np.where(np.isfinite(logp.max(1)), best, -1)
+        # spatial connectivity: inside each plane's member extent (+ a margin), in plane coords
+        bases = [_basis(n) for n in normals]
+        margin = 4 * med
+        boxes = np.array([[(P[m] @ u).min() - margin, (P[m] @ u).max() + margin,
+                           (P[m] @ v).min() - margin, (P[m] @ v).max() + margin]
+                          for m, (u, v) in zip(members, bases)])  # [K, 4]
+        U = np.stack([u for u, _ in bases], 1)  # [3, K]
+        V = np.stack([v for _, v in bases], 1)
+
+        def logp_of(rows: np.ndarray) -> np.ndarray:
+            """[len(rows), K] log-likelihood of each plane, -inf where inconsistent."""
+            p_, n_ = P[rows], Nrm[rows]
+            dist = p_ @ normals.T - offs[None]
+            cosn = np.abs(n_ @ normals.T)
+            qu, qv = p_ @ U, p_ @ V
+            inside = (qu >= boxes[:, 0]) & (qu <= boxes[:, 1]) & (qv >= boxes[:, 2]) & (qv <= boxes[:, 3])
+            valid = (np.abs(dist) <= 2 * tau) & (cosn >= cos_2t) & inside
+            lp = -0.5 * (dist / tau) ** 2 - 0.5 * ((1 - cosn) / max(1 - cos_t, 1e-9)) ** 2
+            return np.where(valid, lp, -np.inf)
+
+        step = max(1, 4_000_000 // len(fits))  # bounded [rows, K] working set
+        for s0 in range(0, len(P), step):
+            rows = np.arange(s0, min(len(P), s0 + step))
+            lp = logp_of(rows)
+            lab_c[rows] = np.where(np.isfinite(lp.max(1)), lp.argmax(1), -1)
+            check()
         # members of a root keep their plane (tree decision) unless another plane is clearly better
-        for k, r in enumerate(roots):
-            m = np.asarray(r.members)
-            keep = np.isfinite(logp[m, k]) & (logp[m, k] >= logp[m, lab_c[m].clip(0)] - 2.0)
+        for k, m in enumerate(members):
+            lp = logp_of(m)
+            keep = np.isfinite(lp[:, k]) & (lp[:, k] >= lp[np.arange(len(m)), lab_c[m].clip(0)] - 2.0)
             lab_c[m[keep]] = k
     for k, (n, off, _) in enumerate(fits):
         m = np.nonzero(lab_c == k)[0]
@@ -278,10 +318,10 @@ def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
             "extent": [float(u1 - u0), float(v1 - v0)], "center": [float(x) for x in c],
             "u": [float(x) for x in u], "v": [float(x) for x in v], "_k": k,
         })
-    remap = {p["_k"]: i for i, p in enumerate(planes)}
-    for p in planes:
-        del p["_k"]
-    lab_c = np.array([remap.get(int(x), -1) for x in lab_c], int) if len(lab_c) else lab_c
+    remap = -np.ones(len(fits) + 1, int)  # fit index -> output plane index; last slot: -1 stays -1
+    for i, p in enumerate(planes):
+        remap[p.pop("_k")] = i
+    lab_c = remap[lab_c]
     labels[cand] = lab_c
     return PlaneResult(planes, labels, merges)
 
@@ -334,7 +374,8 @@ def write_plane_mesh(planes: list[dict[str, Any]], path: str | Path) -> Path:
     V, F, C = plane_quads(planes)
     if path.suffix.lower() == ".obj":
         lines = [f"# {len(planes)} planes"]
-        lines += [f"v {x:.6f} {y:.6f} {z:.6f} {r / 255:.3f} {g / 255:.3f} {b / 255:.3f}" for (x, y, z), (r, g, b) in zip(V, C)]
+        lines += [f"v {x:.6f} {y:.6f} {z:.6f} {r / 255:.3f} {g / 255:.3f} {b / 255:.3f}"
+                  for (x, y, z), (r, g, b) in zip(V, C)]
         lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in F]
         path.write_text("\n".join(lines) + "\n")
         return path

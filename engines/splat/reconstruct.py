@@ -211,8 +211,10 @@ def _wsr_cfg(cfg: ReconConfig, state: dict[str, torch.Tensor]) -> WSRConfig | No
 
 
 def reconstruct(train: list[View], cfg: ReconConfig,
-                on_step: Callable[[int, int, float], None] | None = None) -> SplatTensors:
-    """Optimise a scene; ``on_step(step, total, loss)`` runs after every step (cancel/progress hook)."""
+                on_step: Callable[[int, int, float], None] | None = None,
+                live: dict | None = None) -> SplatTensors:
+    """Optimise a scene; ``on_step(step, total, loss)`` runs after every step (cancel/progress hook).
+    ``live["model"]()`` (when a dict is given) returns the current tensors, for previews."""
     if cfg.mode not in ("alpha", "wsr"):
         raise ValueError(f"unknown mode {cfg.mode!r}")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -234,6 +236,8 @@ def reconstruct(train: list[View], cfg: ReconConfig,
             init.vdo = torch.zeros(n, 4)
             init.vdo[:, 0] = 1.0 / SH_C0
     model = _Model(init, cfg, r, wsr_state)
+    if live is not None:
+        live["model"] = lambda: model.tensors()
     bg = torch.tensor(cfg.background)
     until = int(cfg.densify_until * cfg.steps)
     perm = torch.randperm(len(train), generator=g)
@@ -260,8 +264,8 @@ def reconstruct(train: list[View], cfg: ReconConfig,
     out_t = SplatTensors(*(x.detach() if x is not None else None for x in
                            (t.means, t.log_scales, t.quats, t.opacity_logits, t.sh, t.vdo)))
     if cfg.mode == "wsr":
-        out_t.meta.update(wsr_variant=cfg.wsr_variant, wsr_sigma=round(float(wsr_state["log_sigma"].exp()), 6),
-                          wsr_bg_weight=round(float(wsr_state["log_bg_weight"].exp()), 6))
+        out_t.meta.update(wsr_variant=cfg.wsr_variant, wsr_sigma=round(float(wsr_state["log_sigma"].detach().exp()), 6),
+                          wsr_bg_weight=round(float(wsr_state["log_bg_weight"].detach().exp()), 6))
     return out_t
 
 

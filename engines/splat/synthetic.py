@@ -144,7 +144,8 @@ def room_scene(seed: int = 0, spacing: float = 0.08) -> GaussianScene:
 
 
 def dataset_cameras(n: int, width: int, height: int, fov_deg: float = 50.0, radius: float = 3.6,
-                    target: Sequence[float] = (0.0, 0.0, 0.35), seed: int = 0, az_range: tuple[float, float] = (-80, -10),
+                    target: Sequence[float] = (0.0, 0.0, 0.35), seed: int = 0,
+                    az_range: tuple[float, float] = (-80, -10),
                     el_range: tuple[float, float] = (15, 45)) -> list:
     """Cameras facing the room corner from the open side (azimuth about +z from +x)."""
     from engines.splat.render import orbit_camera

@@ -30,6 +30,9 @@ class LoadedPipeline:
     preview_factors: Any = None
     img2img: Any = None
     adaptors: dict[str, Any] = field(default_factory=dict)
+    switcher: Any = None  # SHiRA/FouRA fused mix, kept across jobs so a switch is one scatter
+    loras: set[str] = field(default_factory=set)  # LoRA adapter names loaded into the pipeline
+    sparse_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -126,6 +129,87 @@ def make_scheduler(name: str, base: dict[str, Any]) -> Any:
     return cls.from_config(base, **kw)
 
 
+def apply_adapters(loaded: LoadedPipeline, params: T2IParams, ctx: EngineContext) -> tuple[list, float, Any]:
+    """Put the job's adapter mix on the cached pipeline; returns (info, switch ms, undo).
+
+    LoRA goes through diffusers/peft (``load_lora_weights`` once per file, ``set_adapters``,
+    ``fuse_lora`` in fused mode, undone after the job). SHiRA and frozen-gate FouRA are
+    edits of the base Linear weights by the index-exact switcher, which stays applied
+    until the next job changes the mix, so switching between SHiRA adapters costs one
+    scatter. Because they edit the Linear under a LoRA wrapper directly, LoRA and SHiRA can
+    share layers (peft itself refuses to nest SHiRA inside LoRA).
+    """
+    import hashlib
+    import time
+
+    from engines.adapters.lora_io import detect_format, read_header
+    from engines.adapters.shira import FusedSwitcher, ShiraAdapter
+
+    pipe = loaded.pipe
+    t0 = time.perf_counter()
+    loras: list[tuple[str, float]] = []
+    sparse: list[tuple[Any, float]] = []
+    info: list[dict[str, Any]] = []
+    for use in params.adapters:
+        path = Path(ctx.resolve_input(use.adapter))
+        try:
+            keys, meta = read_header(path)
+            fmt = detect_format(keys, meta)
+        except ValueError as e:
+            raise EngineError(f"adapter {use.adapter}: {e}") from None
+        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        label = json.loads(meta["studio"]).get("name", path.stem) if meta.get("studio", "").startswith("{") else \
+            path.stem
+        try:
+            if fmt in ("kohya", "diffusers", "peft"):
+                name = f"a{key}"
+                if name not in loaded.loras:
+                    pipe.load_lora_weights(str(path), adapter_name=name)
+                    loaded.loras.add(name)
+                loras.append((name, use.weight))
+                method = "lora"
+            else:
+                if key not in loaded.sparse_cache:
+                    if fmt == "studio-shira":
+                        loaded.sparse_cache[key] = ShiraAdapter.load(path, pipe.unet)
+                    else:
+                        import torch
+
+                        from engines.adapters.foura import load_fused_deltas
+
+                        deltas = load_fused_deltas(path, pipe.unet)
+                        loaded.sparse_cache[key] = ShiraAdapter(
+                            {n: (torch.arange(d.numel()), d.flatten()) for n, d in deltas.items()})
+                sparse.append((loaded.sparse_cache[key], use.weight))
+                method = "shira" if fmt == "studio-shira" else "foura"
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise EngineError(f"adapter {label} does not fit this model: {str(e).splitlines()[0]}") from None
+        info.append({"adapter": use.adapter, "name": label, "method": method, "weight": use.weight})
+    if sparse or loaded.switcher is not None:
+        if loaded.switcher is None:
+            loaded.switcher = FusedSwitcher(pipe.unet)
+        if sparse or loaded.switcher.active:
+            loaded.switcher.apply(sparse)
+    fused = False
+    if loras:
+        pipe.enable_lora()
+        pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
+        if params.adapter_mode == "fused":
+            pipe.fuse_lora(components=["unet", "text_encoder"], lora_scale=1.0, adapter_names=[n for n, _ in loras])
+            fused = True
+    elif loaded.loras:
+        pipe.disable_lora()
+    switch_ms = (time.perf_counter() - t0) * 1000
+
+    def undo() -> None:
+        if fused:
+            pipe.unfuse_lora(components=["unet", "text_encoder"])
+        if loras:
+            pipe.disable_lora()
+
+    return info, switch_ms, undo
+
+
 def adaptor_path(spec: ModelSpec) -> Path:
     """Where a model's Clockwork adaptor lives: inside a folder model, beside a single file."""
     if spec.path.is_dir():
@@ -181,6 +265,19 @@ class T2IEngine(Engine):
         used = params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height}
         preview_path = ctx.work_dir / "preview.png"
         adaptor = self._adaptor(loaded, ctx) if params.clockwork == "adaptor" else None
+        adapter_info, switch_ms, undo = apply_adapters(loaded, params, ctx)
+        try:
+            return self._loop(loaded, params, ctx, run_pipe, init, width, height, steps_per_pass, total, seed, used,
+                              preview_path, adaptor, switch_ms, adapter_info)
+        finally:
+            undo()
+
+    def _loop(self, loaded: LoadedPipeline, params: T2IParams, ctx: EngineContext, run_pipe: Any, init: Any,
+              width: int, height: int, steps_per_pass: int, total: int, seed: int, used: dict[str, Any],
+              preview_path: Path, adaptor: Any, switch_ms: float, adapter_info: list) -> EngineResult:
+        import torch
+
+        pipe = loaded.pipe
         artifacts: list[Artifact] = []
         done = 0
         cheap = 0
@@ -225,8 +322,10 @@ class T2IEngine(Engine):
                 idx = b * params.batch_size + k
                 studio_meta = {"params": used, "seed": s, "index": idx, "model": {
                     "ref": params.model, "kind": loaded.spec.kind, "name": loaded.name, "hash": loaded.model_hash},
-                    "device": ctx.device, "dtype": str(pipe.unet.dtype).replace("torch.", ""), "version": VERSION}
-                text = a1111_parameters(used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION)
+                    "device": ctx.device, "dtype": str(pipe.unet.dtype).replace("torch.", ""), "version": VERSION,
+                    "adapters": adapter_info}
+                text = a1111_parameters(used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION,
+                                        adapter_info)
                 path = ctx.work_dir / f"{seed}-{idx:03d}.png"
                 img.save(path, pnginfo=pnginfo(text, studio_meta))
                 artifacts.append(Artifact(path, "image", "image/png", {
@@ -234,7 +333,7 @@ class T2IEngine(Engine):
                     "params": used, "model_hash": loaded.model_hash, "parameters": text}))
         return EngineResult(artifacts, {"seed": seed, "images": len(artifacts), "model": loaded.name,
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
-                                        "steps_total": total})
+                                        "steps_total": total, "adapter_switch_ms": round(switch_ms, 2)})
 
     @staticmethod
     def _preview(loaded: LoadedPipeline, latents: Any, dest: Path, device: str) -> Path:

@@ -10,7 +10,7 @@ A1111_SAMPLER = {"DPM++ 2M Karras": ("DPM++ 2M", "Karras")}
 
 
 def a1111_parameters(p: dict[str, Any], seed: int, width: int, height: int, model_name: str, model_hash: str,
-                     version: str = "Studio") -> str:
+                     version: str = "Studio", adapters: list[dict[str, Any]] | None = None) -> str:
     """The infotext A1111, Civitai and ComfyUI readers parse: prompt, negative, then key: value pairs."""
     sampler, schedule = A1111_SAMPLER.get(p["scheduler"], (p["scheduler"], None))
     pairs = [("Steps", p["steps"]), ("Sampler", sampler)]
@@ -20,6 +20,9 @@ def a1111_parameters(p: dict[str, Any], seed: int, width: int, height: int, mode
               ("Model hash", model_hash[:10]), ("Model", model_name)]
     if p.get("init_image"):
         pairs.append(("Denoising strength", _num(p["strength"])))
+    if adapters:
+        pairs.append(("Adapters", ", ".join(f"{a['name']}:{a['weight']:g}" for a in adapters)))
+        pairs.append(("Adapter mode", p.get("adapter_mode", "fused")))
     if p.get("clockwork", "off") != "off":
         pairs.append(("Clockwork", f"{p['clockwork']}/{p['clock_period']}"))
     pairs.append(("Version", version))

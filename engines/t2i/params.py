@@ -3,12 +3,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engines.base import Params, input_field
+from engines.base import INPUT_FILE_MARK, Params, input_field
 
 SCHEDULERS = ("DPM++ 2M", "DPM++ 2M Karras", "Euler", "Euler a", "DDIM", "UniPC", "LCM", "model default")
 Scheduler = Literal["DPM++ 2M", "DPM++ 2M Karras", "Euler", "Euler a", "DDIM", "UniPC", "LCM", "model default"]
+
+
+class AdapterUse(BaseModel):
+    """One adapter in a mix."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    adapter: str = Field(..., min_length=1, description="adapter asset id (or a local .safetensors path from the CLI)",
+                         json_schema_extra={"format": INPUT_FILE_MARK, "x-asset-kinds": ["adapter", "safetensors"]})
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="strength")
 
 
 class T2IParams(Params):
@@ -32,6 +41,12 @@ class T2IParams(Params):
                                          default=None)
     strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much to change the init image")
     preview_every: int = Field(5, ge=0, le=150, description="live preview every N steps (0 = off)")
+    adapters: list[AdapterUse] = Field(default_factory=list, max_length=16,
+                                       description='adapters to mix: [{"adapter": ID, "weight": 0.8}, …] '
+                                                   "(LoRA, SHiRA, FouRA)")
+    adapter_mode: Literal["fused", "unfused"] = Field(
+        "fused", description="fused = merged into the weights (no per-step cost; SHiRA switches by scatter); "
+                             "unfused = LoRA applied on the fly (SHiRA and FouRA always run fused)")
 
     @model_validator(mode="after")
     def _check(self) -> "T2IParams":

@@ -131,7 +131,7 @@ def _shape_polys(shape: str, cx: float, cy: float, d: float) -> tuple[list[list[
     if shape == "circle":
         return [circle(r)], []
     if shape == "ring":
-        return [circle(r)], [circle(r * 0.55)]
+        return [circle(r)], [circle(r * 0.4)]  # a thick band: never confused with an outlined circle
     if shape == "square":
         s = r * 0.86
         return [[(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]], []
@@ -175,7 +175,7 @@ def _mask(obj: Obj) -> np.ndarray:
     img = Image.new("L", (n, n), 0)
     draw = ImageDraw.Draw(img)
     if obj.style == "outlined":
-        width = int(round(2.6 * SS))
+        width = int(round(2.0 * SS))  # thin, so an outlined circle is clearly not a ring
         for poly in outer + holes:
             draw.polygon(poly, outline=255, width=width)
     else:

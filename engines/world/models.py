@@ -19,14 +19,15 @@ TEXT_DIM = 128
 
 def build_vae():  # noqa: ANN201
     """AutoencoderKL with 3 levels (64 -> 16 px, 4×) and no mid attention, so it is purely
-    convolutional and can be trained on crops."""
+    convolutional and can be trained on crops. Channels (16, 32, 64): flat-colour scenes need
+    little width, and the full-resolution level dominates the cost."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
-        norm_num_groups=16, sample_size=g.SIZE, mid_block_add_attention=False,
+        block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=LATENT_CHANNELS,
+        norm_num_groups=8, sample_size=g.SIZE, mid_block_add_attention=False,
     )
 
 
@@ -44,8 +45,9 @@ def build_text_encoder(vocab_size: int, bos: int, eos: int, pad: int, max_len: i
 
 
 def build_unet(sample_size: int = 16):  # noqa: ANN201
-    """Channels (32, 64, 128) at 16/8/4 px; cross-attention only at 8×8, 4×4 and the mid block
-    (attention at 16×16 costs most and adds little for layout this coarse)."""
+    """Channels (32, 64, 128) at 16/8/4 px (latent), one resnet per level; cross-attention
+    only at 8×8, 4×4 and the mid block (attention at 16×16 costs most and adds little for a
+    3×3 layout)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -54,6 +56,11 @@ def build_unet(sample_size: int = 16):  # noqa: ANN201
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64, 128), layers_per_block=1, cross_attention_dim=TEXT_DIM,
         attention_head_dim=4, norm_num_groups=8,
+        # Pooled text (attention pooling over the CLIP states) added to the time embedding:
+        # a global path for colour/shape/background/style into every resnet, cheap and fast to
+        # learn; cross-attention is left to do the layout. Uses only encoder_hidden_states, so
+        # StableDiffusionPipeline calls it unchanged.
+        addition_embed_type="text", addition_embed_type_num_heads=4,
     )
 
 

@@ -114,11 +114,10 @@ def train_judge(out: Path, steps: int, resume: bool) -> dict:
     y_all = {k: torch.from_numpy(v.astype(np.int64)) for k, v in D.label_indices(data["scenes"]).items()}
     model = M.Judge()
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.15)
     start = 0
     if resume and (work / "state.pt").exists():
         st = torch.load(work / "state.pt", weights_only=False)
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); sched.load_state_dict(st["sched"])
+        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
         start = st["step"]
     log = Log(work / "log.csv", ["step", "loss"])
     gen = torch.Generator().manual_seed(start)
@@ -131,17 +130,19 @@ def train_judge(out: Path, steps: int, resume: bool) -> dict:
         if step % 2:
             x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1) * 0.5 + x * 0.5
         x = (x + 0.02 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+        lr = 2e-3 * min(1.0, (step + 1) / 150) * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.97 + 0.03)
+        for pg in opt.param_groups:
+            pg["lr"] = lr
         logits = model(x)
         loss = sum(F.cross_entropy(logits[h], y_all[h][idx]) for h in M.Judge.HEADS)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step(); sched.step()
+        opt.step()
         if step % 20 == 0:
-            log.row(step=step, loss=float(loss))
+            log.row(step=step, loss=loss.item())
         if step % 200 == 0 or step == steps - 1:
             _say(f"judge step {step} loss {float(loss):.4f} ({time.time() - t0:.0f}s)")
-            _save_state(work / "state.pt", model=model.state_dict(), opt=opt.state_dict(),
-                        sched=sched.state_dict(), step=step + 1)
+            _save_state(work / "state.pt", model=model.state_dict(), opt=opt.state_dict(), step=step + 1)
     model.eval()
     acc = judge_accuracy(model, n=2000, seed=12345)
     _say(f"judge accuracy on fresh images: {acc}")
@@ -203,7 +204,6 @@ def train_vae(out: Path, steps: int, resume: bool) -> dict:
     val = _to_tensor(np.stack([s.image for s in g.samples(99, 256, "all", p_two=0.15)]))
     rng = np.random.default_rng([3, start])
     t0 = time.time()
-    best = -1.0
     vae.train()
     for step in range(start, steps):
         lr = 1e-3 * (0.5 * (1 + math.cos(math.pi * step / steps)) * 0.9 + 0.1)
@@ -223,23 +223,25 @@ def train_vae(out: Path, steps: int, resume: bool) -> dict:
         loss.backward()
         opt.step()
         if step % 20 == 0:
-            log.row(step=step, loss=float(loss))
-        if step % 500 == 0 or step == steps - 1:
+            log.row(step=step, loss=loss.item())
+        if step % 250 == 0 or step == steps - 1:
             vae.eval()
             p = _psnr(_recon(vae, val), val)
             vae.train()
             log.row(step=step, psnr_val=p)
             _say(f"vae step {step} loss {float(loss):.4f} val PSNR {p:.2f} dB ({time.time() - t0:.0f}s)")
             _save_state(work / "state.pt", model=vae.state_dict(), opt=opt.state_dict(), step=step + 1)
-            if p > best:
-                best = p
+            if p >= 33.0:  # comfortably past the 30 dB target: stop early (deterministic)
+                _say("val PSNR ≥ 33 dB: stopping early")
+                break
     vae.eval()
     # scaling factor: unit variance latents, as SD does with 0.18215
     with torch.no_grad():
         z = vae.encode(_to_tensor(imgs[:1024]) * 2 - 1).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     vae.save_pretrained(work / "model", safe_serialization=True)
-    gate = recon_gate(vae, n=1000)
+    # the gate needs the judge; when the judge is trained in parallel, the unet stage re-runs it
+    gate = recon_gate(vae, n=1000) if (judge_dir() / "judge.safetensors").exists() else None
     p = _psnr(_recon(vae, val), val)
     res = {"psnr_val_db": round(p, 2), "gate": gate, "steps": steps, "scaling_factor": vae.config.scaling_factor,
            "train_seconds": round(time.time() - t0, 1)}
@@ -250,14 +252,17 @@ def train_vae(out: Path, steps: int, resume: bool) -> dict:
 
 
 def recon_gate(vae, n: int = 1000, seed: int = 4242) -> dict:  # noqa: ANN001
-    """Judge accuracy on VAE reconstructions of fresh real images; passes if all ≥ 0.95."""
+    """Judge accuracy on VAE reconstructions of fresh real images; passes if every scored
+    attribute is read at ≥ 0.95."""
     judge = M.load_judge(judge_dir())
     acc = judge_accuracy(judge, n, seed, transform=lambda x: _recon(vae, x))
     ss = list(g.samples(seed, min(n, 512), "all"))
     x = _to_tensor(np.stack([s.image for s in ss]))
     psnr = _psnr(_recon(vae, x), x)
-    return {"accuracy": acc, "psnr_db": round(psnr, 2), "n": n,
-            "passed": bool(all(v >= 0.95 for k, v in acc.items() if k != "size") and psnr >= 30.0)}
+    # The gate (issue 3) is the judge reading every scored attribute at ≥ 95 %; the 30 dB PSNR
+    # target is reported beside it (size is not a scored attribute).
+    return {"accuracy": acc, "psnr_db": round(psnr, 2), "psnr_target_met": psnr >= 30.0, "n": n,
+            "passed": bool(all(v >= 0.95 for k, v in acc.items() if k != "size"))}
 
 
 # ---------------------------------------------------------------- text encoder head start
@@ -306,10 +311,11 @@ def train_text(out: Path, steps: int, resume: bool) -> dict:
         start = st["step"]
     log = Log(work / "log.csv", ["step", "loss", "acc"])
     t0 = time.time()
+    correct: list[float] = [st["acc"]] if start and "acc" in st else [float("nan")]
     te.train()
     for step in range(start, steps):
         rng = np.random.default_rng([5, step])
-        scenes = [g.sample_scene(rng, "all", p_two=0.3) for _ in range(128)]
+        scenes = [g.sample_scene(rng, "all", p_two=0.3) for _ in range(64)]
         caps = [g.caption(s, rng, drop=False) for s in scenes]
         ids = _tokenize(tok, caps)
         pooled = te(input_ids=ids).pooler_output  # (B, 128): the EOS token's state
@@ -324,11 +330,11 @@ def train_text(out: Path, steps: int, resume: bool) -> dict:
         loss.backward()
         opt.step()
         if step % 20 == 0:
-            log.row(step=step, loss=float(loss), acc=float(np.mean(correct)))
+            log.row(step=step, loss=loss.item(), acc=float(np.mean(correct)))
         if step % 250 == 0 or step == steps - 1:
             _say(f"text step {step} loss {float(loss):.4f} mean head acc {np.mean(correct):.3f} ({time.time() - t0:.0f}s)")
             _save_state(work / "state.pt", model=te.state_dict(), heads=heads.state_dict(), opt=opt.state_dict(),
-                        step=step + 1)
+                        step=step + 1, acc=float(np.mean(correct)))
     te.save_pretrained(work / "model", safe_serialization=True)
     log.plot(DOCS_IMG / "world-text-loss.png", ["loss"], "text encoder head start: attribute cross-entropy")
     res = {"final_mean_head_acc": float(np.mean(correct)), "steps": steps, "train_seconds": round(time.time() - t0, 1)}
@@ -384,13 +390,17 @@ def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000) -> d
     from engines.world.eval import quick_eval
     from engines.world.tokenizer import load_tokenizer
 
-    gate = json.loads((out / "vae" / "gate.json").read_text())
-    if not gate["gate"]["passed"]:
-        raise SystemExit(f"VAE gate not passed ({gate['gate']}): train the VAE longer first")
     torch.manual_seed(0)
     work = out / "unet"
     work.mkdir(parents=True, exist_ok=True)
     vae = AutoencoderKL.from_pretrained(out / "vae" / "model").eval()
+    gate = recon_gate(vae, n=1000)  # always re-measured with the current judge
+    rec = json.loads((out / "vae" / "gate.json").read_text())
+    rec["gate"] = gate
+    (out / "vae" / "gate.json").write_text(json.dumps(rec, indent=2))
+    _say(f"VAE gate: {gate}")
+    if not gate["passed"]:
+        raise SystemExit(f"VAE gate not passed ({gate}): train the VAE longer first")
     tok = load_tokenizer(out / "text" / "tokenizer")
     te = CLIPTextModel.from_pretrained(out / "text" / "model")
     data = D.dataset(out, "train", seed=2, n=40000, split="train", p_two=0.15)
@@ -401,7 +411,7 @@ def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000) -> d
     fast = [p for n, p in unet.named_parameters() if "attn2" in n or "add_embedding" in n]
     fast_ids = {id(p) for p in fast}
     slow = [p for p in unet.parameters() if id(p) not in fast_ids]
-    base_lr = 4e-4
+    base_lr = 6e-4
     opt = torch.optim.AdamW([{"params": slow, "lr": base_lr, "mult": 1.0},
                              {"params": fast, "lr": 2 * base_lr, "mult": 2.0},
                              {"params": list(te.parameters()), "lr": 1e-4, "mult": 0.25}], weight_decay=1e-2)
@@ -435,7 +445,9 @@ def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000) -> d
         ids[torch.from_numpy(rng.random(bs) < 0.1)] = empty  # unconditional for CFG
         cond = te(input_ids=ids).last_hidden_state  # (B, 40, 128)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (bs,), generator=gen)
+        # half the batch uniform, half from the noisier 60% where layout and colour are decided
+        t = torch.where(torch.rand(bs, generator=gen) < 0.5, torch.randint(0, 1000, (bs,), generator=gen),
+                        torch.randint(400, 1000, (bs,), generator=gen))
         xt = noise_sched.add_noise(x0, noise, t)
         target = noise_sched.get_velocity(x0, noise, t)
         pred = unet(xt, t, cond).sample
@@ -453,7 +465,7 @@ def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000) -> d
             now = time.time()
             sps = 25 * bs / max(now - t_last, 1e-6) if step > start else 0.0
             t_last = now
-            log.row(step=step, loss=float(loss), lr=base_lr * warm, samples_per_s=round(sps, 1))
+            log.row(step=step, loss=loss.item(), lr=base_lr * warm, samples_per_s=round(sps, 1))
         if step % 250 == 0:
             _say(f"unet step {step} loss {float(loss):.4f} ({time.time() - t0:.0f}s)")
         last = step == steps - 1
@@ -502,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     stages = STAGES if args.stage == "all" else (args.stage,)
-    defaults = {"judge": 1500, "vae": 6000, "text": 1500, "unet": 12000}
+    defaults = {"judge": 1800, "vae": 2500, "text": 400, "unet": 20000}
     for st in stages:
         fn = {"judge": train_judge, "vae": train_vae, "text": train_text, "unet": train_unet}[st]
         t = time.time()
