@@ -13,12 +13,18 @@ from ui.forms import build_form, collect
 
 ENGINE = "t2i"
 LAYOUT_FIELDS = ["prompt", "negative_prompt", "scheduler", "steps", "guidance_scale", "seed", "batch_size",
-                 "batch_count", "clockwork", "clock_period", "init_image", "strength", "preview_every"]
+                 "batch_count", "clockwork", "clock_period", "init_image", "strength", "preview_every", "adapters",
+                 "adapter_mode"]
 
 
 def model_choices(services: Services) -> list[tuple[str, str]]:
     return [("embedded (built-in world model)", "embedded")] + [
         (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list()]
+
+
+def adapter_choices(services: Services) -> list[tuple[str, str]]:
+    return [(f"{a.meta.get('name') or a.filename} ({a.meta.get('method', '?')})", a.id)
+            for a in services.assets.list(kind="adapter", limit=200)]
 
 
 def build_tab(services: Services) -> None:
@@ -53,6 +59,11 @@ def build_tab(services: Services) -> None:
                 with gr.Row():
                     comps["clockwork"].render()
                     comps["clock_period"].render()
+                with gr.Accordion("Adapters (LoRA, SHiRA, FouRA)", open=False):
+                    adapter_pick = gr.Dropdown(adapter_choices(services), multiselect=True, label="Add from library",
+                                               elem_id="gen-adapter-pick")
+                    comps["adapters"].render()
+                    comps["adapter_mode"].render()
                 with gr.Accordion("img2img", open=False):
                     comps["init_image"].render()
                     comps["strength"].render()
@@ -91,6 +102,12 @@ def build_tab(services: Services) -> None:
                 raise gr.Error(str(e)) from None
             return job.id, fmt_job_line(job)
 
+        def pick_adapters(ids: list[str]) -> str:
+            import json
+
+            return json.dumps([{"adapter": i, "weight": 1.0} for i in ids or []])
+
+        adapter_pick.change(pick_adapters, inputs=adapter_pick, outputs=comps["adapters"])
         inputs = set(comps.values()) | {model, native, width, height}
         go.click(submit, inputs=inputs, outputs=[job_state, status])
         comps["prompt"].submit(submit, inputs=inputs, outputs=[job_state, status])

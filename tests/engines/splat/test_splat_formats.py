@@ -94,8 +94,8 @@ def test_real_splat_sample() -> None:
     np.testing.assert_allclose(s.quats, np.tile([0, 0, 0, 1.0], (4, 1)), atol=1e-2)
 
 
-def _compressed_ply(path: Path, pos: np.ndarray, rgba: np.ndarray) -> None:
-    """A minimal PlayCanvas compressed PLY (one chunk) built by hand."""
+def _compressed_ply(path: Path, pos: np.ndarray, rgba: np.ndarray, sh: np.ndarray | None = None) -> None:
+    """A minimal PlayCanvas compressed PLY (one chunk) built by hand; ``sh``: [n, 9] uint8 f_rest."""
     n = len(pos)
     lo, hi = pos.min(0), pos.max(0)
     t = (pos - lo) / (hi - lo)
@@ -112,10 +112,13 @@ def _compressed_ply(path: Path, pos: np.ndarray, rgba: np.ndarray) -> None:
     chunk = np.array([*lo, *hi, -5, -5, -5, -3, -3, -3], "<f4")
     head = "ply\nformat binary_little_endian 1.0\nelement chunk 1\n" + "".join(
         f"property float {c}\n" for c in chunk_names) + "element vertex %d\n" % n + "".join(
-        f"property uint {c}\n" for c in ("packed_position", "packed_rotation", "packed_scale", "packed_color")) + \
-        "end_header\n"
+        f"property uint {c}\n" for c in ("packed_position", "packed_rotation", "packed_scale", "packed_color"))
+    if sh is not None:
+        head += f"element sh {n}\n" + "".join(f"property uchar f_rest_{i}\n" for i in range(sh.shape[1]))
+    head += "end_header\n"
     v = np.stack([pp, np.full(n, pr, np.uint32), ps, pc], 1).astype("<u4")
-    path.write_bytes(head.encode() + chunk.tobytes() + v.tobytes())
+    tail = b"" if sh is None else sh.astype(np.uint8).tobytes()
+    path.write_bytes(head.encode() + chunk.tobytes() + v.tobytes() + tail)
 
 
 def test_playcanvas_compressed_ply(tmp_path: Path) -> None:
@@ -132,6 +135,16 @@ def test_playcanvas_compressed_ply(tmp_path: Path) -> None:
     assert np.abs(q[:, 0]).min() > 0.999  # identity
     np.testing.assert_allclose(s.log_scales[:, 0], -3, atol=1e-5)
     np.testing.assert_allclose(s.log_scales[:, 2], -5, atol=1e-5)
+
+
+def test_playcanvas_compressed_ply_with_sh(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 256, (6, 9))
+    _compressed_ply(tmp_path / "c.ply", rng.uniform(-1, 1, (6, 3)), rng.uniform(0.1, 0.9, (6, 4)), q)
+    s = read_scene(tmp_path / "c.ply")
+    assert s.sh_degree == 1
+    want = (q / 256.0 - 0.5) * 8.0  # channel-major f_rest_{c*3+j}
+    np.testing.assert_allclose(s.sh[:, 1:, :], want.reshape(6, 3, 3).transpose(0, 2, 1), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- malformed input
@@ -164,6 +177,7 @@ def _good_rows(n: int = 5) -> np.ndarray:
     ("cap", "cap"),
     ("magic", "not a PLY"),
     ("zeroquat", "zero-length"),
+    ("hugepos", "absurd positions"),
     ("header", "end_header"),
 ])
 def test_malformed_ply_errors(tmp_path: Path, case: str, needle: str) -> None:
@@ -193,6 +207,9 @@ def test_malformed_ply_errors(tmp_path: Path, case: str, needle: str) -> None:
         p.write_bytes(b"plx\n" + _ply_bytes(BASE, rows)[4:])
     elif case == "zeroquat":
         rows[1, 10:14] = 0
+        p.write_bytes(_ply_bytes(BASE, rows))
+    elif case == "hugepos":
+        rows[1, 0] = 3e38
         p.write_bytes(_ply_bytes(BASE, rows))
     elif case == "header":
         p.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 3\n")
@@ -242,7 +259,7 @@ def test_big_endian_and_ascii_ply_read_by_name(tmp_path: Path) -> None:
     rows[:, 3] = (0.75 - 0.5) / SH_C0
     order = list(reversed(range(len(BASE))))  # properties in a different order
     props = [BASE[i] for i in order]
-    head = f"ply\nformat binary_big_endian 1.0\nelement vertex 3\n" + "".join(f"property float {p}\n" for p in props)
+    head = "ply\nformat binary_big_endian 1.0\nelement vertex 3\n" + "".join(f"property float {p}\n" for p in props)
     (tmp_path / "be.ply").write_bytes((head + "end_header\n").encode() + rows[:, order].astype(">f4").tobytes())
     s = read_scene(tmp_path / "be.ply")
     np.testing.assert_allclose(s.means[:, 0], [1, 2, 3])
@@ -281,6 +298,14 @@ def _check_reader(tmp: Path, blob: bytes, suffix: str) -> None:
     n = len(s)
     assert s.means.shape == (n, 3) and s.quats.shape == (n, 4) and s.sh.shape[0] == n
     assert np.isfinite(s.means).all() and np.isfinite(s.sh).all() and np.isfinite(s.opacity_logits).all()
+    if n:  # and it renders without NaN
+        import torch
+
+        from engines.splat.render import orbit_camera, render
+
+        with torch.no_grad():
+            out = render(s, orbit_camera((0.0, 0.0, 0.0), 0, 0, 3.0, 60, 16, 16, "z"), "alpha")
+        assert torch.isfinite(out["rgb"]).all()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -301,6 +326,20 @@ def test_fuzz_mutated_ply(tmp_path: Path, data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(blob)))
         blob[i:i] = data.draw(st.binary(min_size=1, max_size=40))
     _check_reader(tmp_path, bytes(blob), ".ply")
+
+
+VALID_SPLAT = (DATA / "minimal.splat").read_bytes()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(VALID_SPLAT) - 1), st.integers(0, 255)), min_size=1, max_size=12),
+       st.integers(-40, 40))
+def test_fuzz_mutated_splat(tmp_path: Path, flips: list[tuple[int, int]], resize: int) -> None:
+    blob = bytearray(VALID_SPLAT)
+    for i, v in flips:
+        blob[i] = v
+    blob = blob[:len(blob) + resize] if resize < 0 else blob + bytes(resize)
+    _check_reader(tmp_path, bytes(blob), ".splat")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

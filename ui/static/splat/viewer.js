@@ -194,7 +194,7 @@ void main() {
   float b = dot(T0, S * T1);
   float c = dot(T1, S * T1) + 0.3;
   float det = max(a * c - b * b, 1e-12);
-  float k = min(3.0, sqrt(max(2.0 * log(255.0 * o), 0.0)));
+  float k = sqrt(max(2.0 * log(255.0 * o), 0.0));  // = render.project: exact 1/255 footprint
   vec2 rad = ceil(k * sqrt(vec2(a, c)));
   vec2 m = vec2(uFocal.x * pc.x / z + uPrincipal.x, uFocal.y * pc.y / z + uPrincipal.y);
   if (m.x + rad.x <= 0.0 || m.x - rad.x >= uSize.x || m.y + rad.y <= 0.0 || m.y - rad.y >= uSize.y) return;
@@ -375,7 +375,9 @@ class Viewer {
     const n = this.scene.n, out = new Float32Array(4 * n).fill(0.25);
     const labels = this.opts.labels;
     if (labels && labels.length === n) {
-      const pal = palette(Math.max(1, Math.max(...labels) + 1));
+      let top = 0;
+      for (let i = 0; i < n; i++) if (labels[i] > top) top = labels[i];  // no spread: n can be 1e6
+      const pal = palette(top + 1);
       for (let i = 0; i < n; i++) if (labels[i] >= 0) out.set(pal[labels[i]], 4 * i);
     }
     return out;
@@ -493,6 +495,29 @@ class Viewer {
   }
 }
 
+function labelsFromPlanes(scene, planes) {
+  // nearest plane within 1% of the scene diagonal and inside its extent (normals are not checked)
+  const b = sceneBounds(scene);
+  const tol = 0.01 * Math.hypot(...[0, 1, 2].map((k) => b.hi[k] - b.lo[k]));
+  const out = new Int32Array(scene.n).fill(-1);
+  const dot = (a, p, i) => a[0] * p[3 * i] + a[1] * p[3 * i + 1] + a[2] * p[3 * i + 2];
+  for (let i = 0; i < scene.n; i++) {
+    let best = tol;
+    planes.forEach((pl, k) => {
+      const d = Math.abs(dot(pl.normal, scene.pos, i) - pl.offset);
+      if (d >= best) return;
+      if (pl.center && pl.u && pl.v && pl.extent) {
+        const lu = dot(pl.u, scene.pos, i) - (pl.u[0] * pl.center[0] + pl.u[1] * pl.center[1] + pl.u[2] * pl.center[2]);
+        const lv = dot(pl.v, scene.pos, i) - (pl.v[0] * pl.center[0] + pl.v[1] * pl.center[1] + pl.v[2] * pl.center[2]);
+        if (Math.abs(lu) > pl.extent[0] / 2 + tol || Math.abs(lv) > pl.extent[1] / 2 + tol) return;
+      }
+      best = d;
+      out[i] = k;
+    });
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- page glue
 
 function num(q, k, d) { const v = q.get(k); return v === null || v === "" ? d : Number(v); }
@@ -510,7 +535,11 @@ async function main() {
     const isPly = new TextDecoder("ascii").decode(new Uint8Array(buf, 0, Math.min(3, buf.byteLength))) === "ply";
     const scene = isPly ? parsePly(buf) : parseSplat(buf);
     let labels = null;
-    if (q.get("planes")) labels = await (await fetch(q.get("planes"))).json();
+    if (q.get("planes")) {
+      const doc = await (await fetch(q.get("planes"))).json();
+      // plane_labels.json (an id per splat) or planes.json (plane list: assign splats geometrically)
+      labels = Array.isArray(doc) && doc.length && typeof doc[0] === "object" ? labelsFromPlanes(scene, doc) : doc;
+    }
     const width = num(q, "w", 640), height = num(q, "h", 480), fov = num(q, "fov", 50);
     const b = sceneBounds(scene);
     const target = q.get("target") ? q.get("target").split(",").map(Number) : [0, 1, 2].map((k) => (b.lo[k] + b.hi[k]) / 2);
