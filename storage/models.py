@@ -85,3 +85,24 @@ class ModelRef(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Adapter(Base):
+    """The adapter library: one row per adapter file (an asset of kind 'adapter')."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    method: Mapped[str] = mapped_column(String(16))  # lora | shira | foura
+    file_format: Mapped[str] = mapped_column(String(32))  # kohya | diffusers | peft | studio-shira-v1 | ...
+    asset_id: Mapped[str] = mapped_column(ForeignKey("assets.id"))
+    base_model: Mapped[str] = mapped_column(Text, default="")
+    base_model_hash: Mapped[str] = mapped_column(String(64), default="")
+    targets: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    density: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trigger: Mapped[str] = mapped_column(String(120), default="")
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training params / import source
+    preview_asset_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -86,6 +86,16 @@ def build_api(services: Services) -> FastAPI:
     @app.get("/api/v1/assets/{asset_id}/meta")
     def asset_meta(asset_id: str) -> dict[str, Any]:
         return assets.get(asset_id).to_json()
+
+    @app.get("/api/v1/adapters")
+    def adapters(method: str | None = None) -> list[dict[str, Any]]:
+        return services.library.list(method)
+
+    @app.post("/api/v1/adapters", status_code=201)
+    def import_adapter(file: UploadFile = File(...), name: str = Form(""), trigger: str = Form(""),
+                       base_model: str = Form("")) -> dict[str, Any]:
+        return services.library.import_file(file.file, file.filename or "adapter.safetensors", name=name,
+                                            trigger=trigger, base_model=base_model)
 
     @app.get("/api/v1/models")
     def models() -> list[dict[str, Any]]:

@@ -24,8 +24,9 @@ def new_id() -> str:
 
 def _search_text(meta: dict[str, Any], filename: str) -> str:
     parts = [filename]
-    for key in ("prompt", "negative_prompt", "caption", "title"):
-        v = meta.get(key) or (meta.get("params") or {}).get(key)
+    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    for key in ("prompt", "negative_prompt", "caption", "title", "name"):
+        v = meta.get(key) or params.get(key)
         if isinstance(v, str):
             parts.append(v)
     return " ".join(parts).lower()

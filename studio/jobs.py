@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from engines import registry
 from engines.base import INPUT_FILE_MARK, ModelNotFound
 from storage.db import Database
-from storage.models import JOB_STATUSES, TERMINAL, Asset, Job, utcnow
+from storage.models import JOB_STATUSES, TERMINAL, Adapter, Asset, Job, utcnow
 from studio.assets import AssetService, new_id
 from studio.dto import AssetDTO, JobDTO
 from studio.errors import Conflict, InvalidParams, NotFound, StudioError, UploadRejected
@@ -86,6 +86,13 @@ class JobService:
             else:
                 data[name] = [item | {key: self._resolve_input(f"{name}.{i}.{key}", str(item[key]), kinds, origin)}
                               for i, item in enumerate(value)]
+                if "adapter" in kinds:  # show library names in metadata
+                    with self.db.session() as s:
+                        for item in data[name]:
+                            if not item.get("name"):
+                                row = s.scalar(select(Adapter).where(Adapter.asset_id == item[key]))
+                                if row is not None:
+                                    item["name"] = row.name
         if self.models is not None:
             for name in registry.get(engine).model_params:
                 try:
@@ -103,6 +110,10 @@ class JobService:
     def _resolve_input(self, field: str, value: str, kinds: list[str], origin: Origin) -> str:
         with self.db.session() as s:
             asset = s.get(Asset, value)
+            if asset is None and "adapter" in kinds:  # a library adapter by id or name
+                lib = s.get(Adapter, value) or s.scalar(select(Adapter).where(Adapter.name == value))
+                asset = s.get(Asset, lib.asset_id) if lib is not None else None
+                value = asset.id if asset is not None else value
             kind = asset.kind if asset else None
         if asset is None:
             p = Path(value).expanduser()

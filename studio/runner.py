@@ -55,7 +55,8 @@ def resolve_dtype(pref: str, device: str) -> str:
 
 class JobRunner:
     def __init__(self, settings: Settings, jobs: JobService, assets: AssetService, models: ModelManager,
-                 worker_id: str) -> None:
+                 worker_id: str, library: Any = None) -> None:
+        self.library = library
         self.settings = settings
         self.jobs = jobs
         self.assets = assets
@@ -128,12 +129,20 @@ class JobRunner:
             return "failed"
 
         with self.db.session() as s:
+            rows = []
             for art in result.artifacts:
                 path = Path(art.path)
                 if not path.is_file() or work not in path.resolve().parents:
                     raise RuntimeError(f"engine {job.engine} returned an artifact outside its work dir: {path}")
                 meta = dict(art.meta) | {"engine": job.engine, "job_id": job_id}
-                self.assets.record(s, path, filename=path.name, kind=art.kind, mime=art.mime, job_id=job_id, meta=meta)
+                rows.append(self.assets.record(s, path, filename=path.name, kind=art.kind, mime=art.mime,
+                                               job_id=job_id, meta=meta))
+            s.flush()
+            if self.library is not None:  # adapters a job produced enter the library
+                previews = [r.id for r in rows if r.kind == "image"]
+                for r in rows:
+                    if r.kind == "adapter":
+                        self.library.add_from_job(s, r, job_id, previews)
             n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
                 status="completed", progress=1.0, message=f"done in {elapsed:.1f}s", finished_at=utcnow(),
                 result_meta=dict(result.meta) | {"seconds": round(elapsed, 3), "device": self.device,

@@ -11,6 +11,7 @@ from storage.files import AssetFileStore
 from studio.assets import AssetService
 from studio.config import Settings
 from studio.jobs import JobService
+from studio.library import AdapterLibrary
 from studio.model_manager import ModelManager
 from studio.queue import JobQueue
 
@@ -23,6 +24,7 @@ class Services:
     jobs: JobService
     models: ModelManager
     queue: JobQueue
+    library: AdapterLibrary
 
     def close(self) -> None:
         self.db.dispose()
@@ -41,7 +43,7 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     queue = JobQueue(settings)
     models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model)
     jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries, models=models)
-    return Services(settings, db, assets, jobs, models, queue)
+    return Services(settings, db, assets, jobs, models, queue, AdapterLibrary(db, assets))
 
 
 def new_worker_id(role: str = "worker") -> str:
@@ -51,4 +53,5 @@ def new_worker_id(role: str = "worker") -> str:
 def build_runner(services: Services, role: str = "worker"):  # noqa: ANN201
     from studio.runner import JobRunner
 
-    return JobRunner(services.settings, services.jobs, services.assets, services.models, new_worker_id(role))
+    return JobRunner(services.settings, services.jobs, services.assets, services.models, new_worker_id(role),
+                     services.library)

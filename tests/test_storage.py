@@ -15,17 +15,17 @@ def test_alembic_creates_schema_in_wal_mode(tmp_path: Path) -> None:
     db = Database(tmp_path / "studio.db")
     db.upgrade()
     insp = inspect(db.engine)
-    assert {"jobs", "assets", "models", "alembic_version"} <= set(insp.get_table_names())
+    assert {"jobs", "assets", "models", "adapters", "alembic_version"} <= set(insp.get_table_names())
     cols = {c["name"] for c in insp.get_columns("jobs")}
     assert {"status", "priority", "progress", "message", "error_type", "error_message", "error_traceback",
             "created_at", "started_at", "finished_at", "worker_id", "heartbeat_at", "retried_from"} <= cols
     assert {"sha256", "kind", "mime", "size", "width", "height", "frames", "job_id", "meta"} <= {
         c["name"] for c in insp.get_columns("assets")}
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == "0002"
     with db.engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     db.upgrade()  # idempotent
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == "0002"
 
 
 def test_file_store_is_content_addressed_and_atomic(tmp_path: Path) -> None:

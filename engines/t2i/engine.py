@@ -158,8 +158,7 @@ def apply_adapters(loaded: LoadedPipeline, params: T2IParams, ctx: EngineContext
         except ValueError as e:
             raise EngineError(f"adapter {use.adapter}: {e}") from None
         key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        label = json.loads(meta["studio"]).get("name", path.stem) if meta.get("studio", "").startswith("{") else \
-            path.stem
+        label = use.name or _file_label(meta) or path.stem[:10]
         try:
             if fmt in ("kohya", "diffusers", "peft"):
                 name = f"a{key}"
@@ -208,6 +207,20 @@ def apply_adapters(loaded: LoadedPipeline, params: T2IParams, ctx: EngineContext
             pipe.disable_lora()
 
     return info, switch_ms, undo
+
+
+def _file_label(meta: dict[str, str]) -> str:
+    """An adapter's own name from its safetensors metadata, if it carries one."""
+    for raw in (meta.get("studio"), meta.get("name")):
+        try:
+            v = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            v = raw
+        if isinstance(v, dict) and v.get("name"):
+            return str(v["name"])
+        if isinstance(v, str) and v:
+            return v
+    return ""
 
 
 def adaptor_path(spec: ModelSpec) -> Path:

@@ -18,6 +18,7 @@ class AdapterUse(BaseModel):
     adapter: str = Field(..., min_length=1, description="adapter asset id (or a local .safetensors path from the CLI)",
                          json_schema_extra={"format": INPUT_FILE_MARK, "x-asset-kinds": ["adapter", "safetensors"]})
     weight: float = Field(1.0, ge=-4.0, le=4.0, description="strength")
+    name: str = Field("", max_length=120, description="display name (filled from the library)")
 
 
 class T2IParams(Params):

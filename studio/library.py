@@ -1,0 +1,125 @@
+"""The adapter library: trained or imported adapters with what they are for.
+
+Rows point at assets of kind 'adapter'. Jobs that produce an adapter artifact enter it
+here automatically (with the job's other images as previews); files can be imported
+(kohya, diffusers/PEFT LoRA, Studio SHiRA/FouRA) and are validated before anything is stored.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import select
+
+from storage.db import Database
+from storage.models import Adapter, Asset
+from studio.assets import AssetService, new_id
+from studio.errors import Conflict, NotFound, UploadRejected
+
+METHOD_OF_FORMAT = {"kohya": "lora", "diffusers": "lora", "peft": "lora", "studio-shira": "shira",
+                    "studio-foura": "foura"}
+
+
+def _dto(a: Adapter) -> dict[str, Any]:
+    return {"id": a.id, "name": a.name, "method": a.method, "format": a.file_format, "asset_id": a.asset_id,
+            "url": f"/api/v1/assets/{a.asset_id}", "base_model": a.base_model, "base_model_hash": a.base_model_hash,
+            "targets": a.targets, "rank": a.rank, "density": a.density, "trigger": a.trigger,
+            "provenance": a.provenance, "previews": a.preview_asset_ids,
+            "created_at": a.created_at.isoformat() + "Z" if a.created_at else None}
+
+
+class AdapterLibrary:
+    def __init__(self, db: Database, assets: AssetService) -> None:
+        self.db = db
+        self.assets = assets
+
+    def list(self, method: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(Adapter).order_by(Adapter.created_at.desc())
+        if method:
+            stmt = stmt.where(Adapter.method == method)
+        with self.db.session() as s:
+            return [_dto(a) for a in s.scalars(stmt)]
+
+    def get(self, ref: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            a = s.get(Adapter, ref) or s.scalar(select(Adapter).where(Adapter.name == ref))
+            if a is None:
+                raise NotFound(f"no adapter {ref!r}")
+            return _dto(a)
+
+    def add_from_job(self, sess: Any, asset: Asset, job_id: str, previews: list[str]) -> None:
+        """Called inside the job-completion transaction for each 'adapter' artifact."""
+        m = dict(asset.meta or {})
+        name = self._unique_name(sess, str(m.get("name") or Path(asset.filename).stem))
+        fmt = m.get("format", "")
+        sess.add(Adapter(id=new_id(), name=name, method=m.get("method") or METHOD_OF_FORMAT.get(fmt, "lora"),
+                         file_format=fmt or "unknown", asset_id=asset.id, base_model=str(m.get("base_model", "")),
+                         base_model_hash=str(m.get("base_model_hash", "")), targets=list(m.get("targets") or []),
+                         rank=m.get("rank"), density=m.get("density"), trigger=str(m.get("trigger") or ""),
+                         provenance={"job_id": job_id, "steps": m.get("steps"), "learning_rate": m.get("learning_rate"),
+                                     "images": m.get("images"), "seed": m.get("seed"),
+                                     "final_loss": m.get("final_loss")},
+                         preview_asset_ids=previews))
+
+    def import_file(self, stream: BinaryIO, filename: str, *, name: str = "", trigger: str = "",
+                    base_model: str = "") -> dict[str, Any]:
+        """Validate an adapter file and add it; a bad file stores nothing."""
+        from engines.adapters.lora_io import detect_format, read_header
+
+        if not filename.lower().endswith(".safetensors"):
+            raise UploadRejected("adapters must be .safetensors files", 400)
+        with tempfile.NamedTemporaryFile(dir=self.assets.files.tmp, suffix=".safetensors", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+            total = 0
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+                if total > self.assets.settings.max_upload_bytes:
+                    tmp.close()
+                    tmp_path.unlink(missing_ok=True)
+                    raise UploadRejected("adapter file exceeds the upload limit", 413)
+                tmp.write(chunk)
+        try:
+            try:
+                keys, meta = read_header(tmp_path)
+                fmt = detect_format(keys, meta)
+            except ValueError as e:
+                raise UploadRejected(str(e), 400) from None
+            studio_meta = {}
+            if meta.get("studio", "").startswith("{"):
+                studio_meta = json.loads(meta["studio"])
+            label = name.strip() or studio_meta.get("name") or Path(filename).stem
+            with self.db.session() as s:
+                if s.scalar(select(Adapter).where(Adapter.name == label)) is not None:
+                    raise Conflict(f"an adapter named {label!r} already exists")
+            asset = self.assets.ingest_path(tmp_path, filename=Path(filename).name, kind="adapter",
+                                            mime="application/octet-stream",
+                                            meta={"name": label, "format": fmt, "imported": True})
+            with self.db.session() as s:
+                row = Adapter(id=new_id(), name=label, method=METHOD_OF_FORMAT[fmt], file_format=fmt,
+                              asset_id=asset.id, base_model=base_model or studio_meta.get("base_model", ""),
+                              base_model_hash=studio_meta.get("base_model_hash", ""),
+                              targets=list(studio_meta.get("targets") or []), rank=studio_meta.get("rank"),
+                              density=studio_meta.get("density"), trigger=trigger or studio_meta.get("trigger", ""),
+                              provenance={"imported_from": Path(filename).name, "keys": len(keys)},
+                              preview_asset_ids=[])
+                s.add(row)
+            return self.get(row.id)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+
+    def remove(self, ref: str) -> None:
+        with self.db.session() as s:
+            a = s.get(Adapter, ref) or s.scalar(select(Adapter).where(Adapter.name == ref))
+            if a is None:
+                raise NotFound(f"no adapter {ref!r}")
+            s.delete(a)
+
+    @staticmethod
+    def _unique_name(sess: Any, base: str) -> str:
+        name, k = base[:110] or "adapter", 2
+        while sess.scalar(select(Adapter).where(Adapter.name == name)) is not None:
+            name = f"{base[:100]}-{k}"
+            k += 1
+        return name
