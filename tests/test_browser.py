@@ -106,3 +106,38 @@ def test_splat_tab_upload_and_render_both_modes(studio_server, browser, tmp_path
     assert httpx.get(studio_server.url + href.split("url=")[1].split("&")[0]).content[:3] == b"ply"
     page.screenshot(path=str(tmp_path / "splat.png"))
     page.close()
+
+
+def test_adapters_tab_import_and_ab_grid(studio_server, browser, tiny_model, tmp_path: Path) -> None:  # noqa: ANN001
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    from engines.adapters.lora_io import export_kohya
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model / "unet")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"]),
+                     adapter_name="x")
+    lora = tmp_path / "browser-style.safetensors"
+    export_kohya(unet, lora, "x")
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Adapters").click(timeout=60000)
+    page.get_by_text("Import an adapter").click()
+    page.locator("#ad-import-file input[type=file]").set_input_files(str(lora))
+    page.locator("#ad-import").click()
+    page.get_by_text("Imported").wait_for(timeout=30000)
+    page.wait_for_function("() => document.querySelector('#ad-table').innerText.includes('browser-style')",
+                           timeout=20000)
+    page.get_by_role("button", name="Refresh library").click()
+    page.locator("#ad-prompt textarea, #ad-prompt input").first.fill("a red star")
+    page.locator("#ad-model textarea, #ad-model input").first.fill(str(tiny_model))
+    slot = page.locator("#ad-slot-0 input")
+    slot.click()
+    slot.fill("browser-style")
+    page.get_by_role("option", name="browser-style").click()
+    page.locator("#ad-grid").click()
+    page.wait_for_function("() => document.querySelectorAll('#ad-grid-out img').length >= 2", timeout=180000)
+    page.screenshot(path=str(tmp_path / "adapters.png"))
+    page.close()

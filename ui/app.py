@@ -5,7 +5,7 @@ import gradio as gr
 
 from studio import __version__
 from studio.wiring import Services
-from ui.tabs import gallery, generate, queue, run, splat
+from ui.tabs import adapters, gallery, generate, queue, run, splat
 
 
 def build(services: Services) -> gr.Blocks:
@@ -14,6 +14,7 @@ def build(services: Services) -> gr.Blocks:
                     elem_id="studio-header")
         with gr.Tabs():
             generate.build_tab(services)
+            adapters.build_tab(services)
             splat.build_tab(services)
             run.build_tab(services)
             queue.build_tab(services)
