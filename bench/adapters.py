@@ -35,12 +35,17 @@ def _ms(fn, repeats: int) -> float:  # noqa: ANN001
     return statistics.median(ts)
 
 
+def _r(x: float, nd: int) -> float | None:
+    return None if x != x else round(x, nd)  # NaN (skipped) -> null
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="studio bench adapters")
     ap.add_argument("--density", type=float, default=0.01)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256x256 images)")
+    ap.add_argument("--switch-only", action="store_true", help="skip the step-time ratios")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     # step time: plain vs SHiRA fused (weights are just different numbers)
     sw.restore()
     base_steps, shira_steps = [], []
-    for _ in range(args.rounds):
+    for _ in range(0 if args.switch_only else args.rounds):
         base_steps.append(_ms(step, 1))
         sw.apply([(a, 1.0)])
         shira_steps.append(_ms(step, 1))
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lora_ms = _ms(fuse_unfuse, 3)
     lora_steps, base2 = [], []
-    for _ in range(args.rounds):
+    for _ in range(0 if args.switch_only else args.rounds):
         for m in tuners:
             m.enable_adapters(False)
         base2.append(_ms(step, 1))
@@ -120,15 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             m.unmerge()
 
     peft_shira_ms = _ms(peft_shira, 3)
-    b1, s1, b2, l2 = (statistics.median(v) for v in (base_steps, shira_steps, base2, lora_steps))
+    b1, s1, b2, l2 = (statistics.median(v) if v else float("nan") for v in (base_steps, shira_steps, base2,
+                                                                             lora_steps))
     print(json.dumps({
         "unet_params_m": round(sum(p.numel() for p in unet2.parameters()) / 1e6, 1), "target_linears": len(lins),
         "shira_density": args.density, "shira_params": a.n_params(), "lora_rank": args.rank,
         "lora_params": lora_params, "linear_params": n_lin,
         "lora_fuse_unfuse_ms": round(lora_ms, 1), "shira_switch_ms": round(shira_ms, 1),
         "switch_speedup": round(lora_ms / shira_ms, 2), "peft_shira_merge_unmerge_ms": round(peft_shira_ms, 1),
-        "lora_unfused_step_ratio": round(l2 / b2, 3), "shira_fused_step_ratio": round(s1 / b1, 3),
-        "step_ms_base": round(b1, 1), "latent": args.latent}))
+        "lora_unfused_step_ratio": _r(l2 / b2, 3), "shira_fused_step_ratio": _r(s1 / b1, 3),
+        "step_ms_base": _r(b1, 1), "latent": args.latent}))
     return 0
 
 

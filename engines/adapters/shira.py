@@ -177,9 +177,10 @@ class FusedSwitcher:
             dev = flat.device
             idx_all = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts]).unique()
             idx_all = idx_all.to(dev)
-            self.saved[name] = (idx_all, flat.index_select(0, idx_all).clone())
+            self.saved[name] = (idx_all, flat.index_select(0, idx_all))  # index_select copies
             for idx, val, w in parts:
-                flat.index_add_(0, idx.to(dev), val.to(dev, flat.dtype) * w)
+                v = val.to(dev, flat.dtype)
+                flat.index_add_(0, idx.to(dev), v if w == 1.0 else v * w)
         self.active = list(mix)
 
     def _weight(self, name: str) -> torch.Tensor:
