@@ -168,7 +168,13 @@ class SplatReconstruct(Engine):
 
         ctx.progress(0, params.steps, "loading images")
         bg = BACKGROUNDS[params.background]
-        train, test = load_dataset(ctx.resolve_input(params.images), params.max_side, bg)
+        if params.demo == "room":
+            from engines.splat.synthetic import room_scene, write_dataset
+
+            source = write_dataset(room_scene(seed=params.seed), ctx.work_dir / "demo-room")
+        else:
+            source = ctx.resolve_input(params.images)
+        train, test = load_dataset(source, params.max_side, bg)
         ctx.check_cancelled()
         cfg = ReconConfig(steps=params.steps, mode=params.mode, wsr_variant=params.wsr_variant, n_init=params.n_init,
                           max_gaussians=params.max_gaussians, sh_degree=params.sh_degree, background=bg,

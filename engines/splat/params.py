@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from engines.base import Params, input_field
 
@@ -56,9 +56,11 @@ class PlanesParams(CameraParams):
 
 
 class ReconstructParams(Params):
-    images: str = input_field(
+    images: str | None = input_field(
         "posed image set: a folder or .zip with transforms.json (NeRF-synthetic layout) and images",
-        kinds=("archive",))
+        kinds=("archive",), default=None)
+    demo: Literal["none", "room"] = Field(
+        "none", description="instead of images: render the built-in synthetic room with known cameras")
     mode: Literal["alpha", "wsr"] = Field("alpha", description="renderer in the training loop")
     wsr_variant: Literal["dir", "exp", "lc"] = Field("lc", description="WSR weight variant when mode=wsr")
     steps: int = Field(300, ge=1, le=100_000, description="optimisation steps (one image per step)")
@@ -68,3 +70,9 @@ class ReconstructParams(Params):
     sh_degree: int = Field(0, ge=0, le=3, description="spherical-harmonics degree of the colours")
     background: Literal["black", "white"] = Field("black", description="background the images are composited on")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random seed")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ReconstructParams":
+        if (self.images is None) == (self.demo == "none"):
+            raise ValueError("give exactly one of images (a posed image set) or demo")
+        return self

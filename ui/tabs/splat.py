@@ -72,7 +72,9 @@ def build_tab(services: Services) -> None:
             with gr.Row():
                 rec_mode = gr.Radio(["alpha", "wsr"], value="alpha", label="Renderer in the loop")
                 rec_steps = gr.Slider(50, 5000, 300, step=50, label="Steps")
-            rec_btn = gr.Button("Reconstruct", elem_id="splat-rec-submit")
+            with gr.Row():
+                rec_btn = gr.Button("Reconstruct my images", elem_id="splat-rec-submit")
+                demo_btn = gr.Button("Reconstruct the demo room", elem_id="splat-rec-demo")
 
         def on_upload(file: Any) -> tuple[Any, str]:
             if not file:
@@ -138,6 +140,16 @@ def build_tab(services: Services) -> None:
             return dict(jobs) | {"reconstruct": jid}, f"Reconstruction queued ({jid[:8]}); see the Queue tab."
 
         rec_btn.click(submit_rec, inputs=[rec_file, rec_mode, rec_steps, jobs_state], outputs=[jobs_state, status])
+
+        def submit_demo(mode: str, steps: float, jobs: dict) -> tuple[dict, str]:
+            try:
+                jid = services.jobs.submit("splat-reconstruct", {"demo": "room", "mode": mode, "steps": int(steps)},
+                                           origin="ui").id
+            except StudioError as e:
+                raise gr.Error(str(e)) from None
+            return dict(jobs) | {"reconstruct": jid}, f"Demo reconstruction queued ({jid[:8]})."
+
+        demo_btn.click(submit_demo, inputs=[rec_mode, rec_steps, jobs_state], outputs=[jobs_state, status])
 
         def poll(jobs: dict, scene_id: str | None) -> tuple[Any, ...]:
             upd: list[Any] = [gr.update()] * 6

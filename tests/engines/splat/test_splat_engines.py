@@ -172,3 +172,15 @@ def test_reconstruct_engine_bad_input(tmp_path: Path, image_zip: Path) -> None:
     shutil.rmtree(broken / "train")
     with pytest.raises(EngineError, match="missing"):
         run("splat-reconstruct", ctx_for(tmp_path), images=str(broken), steps=1)
+
+
+def test_reconstruct_demo_room_needs_no_input(tmp_path) -> None:  # noqa: ANN001
+    from engines.base import EngineContext
+    from engines.splat.engine import SplatReconstruct
+    from engines.splat.params import ReconstructParams
+
+    with pytest.raises(ValueError, match="exactly one"):
+        ReconstructParams()
+    res = SplatReconstruct().run(ReconstructParams(demo="room", steps=5, n_init=200, max_side=32),
+                                 EngineContext(work_dir=tmp_path))
+    assert res.artifacts[0].path.suffix == ".ply" and res.meta["n_train"] == 12
