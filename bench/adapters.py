@@ -66,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     def step() -> None:
         unet(x, t, encoder_hidden_states=ehs)
 
-    # SHiRA: two adapters, switch A -> B in fused mode
+    # SHiRA: two adapters switched A <-> B in fused mode; LoRA r=16 through peft on the same
+    # linears (random B so the merge is real work). The switcher edits the Linear under the
+    # LoRA wrapper, so both live on one U-Net and are timed interleaved, round by round.
     a = random_adapter(unet, args.density, seed=1)
     b = random_adapter(unet, args.density, seed=2)
+    lcfg = LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=list(DEFAULT_TARGETS), init_lora_weights=False)
+    inject_adapter_in_model(lcfg, unet, adapter_name="lora")
+    tuners = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    lora_params = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
     sw = FusedSwitcher(unet)
     sw.apply([(a, 1.0)])
     flip = {"next": b}
@@ -78,37 +84,36 @@ def main(argv: list[str] | None = None) -> int:
         sw.apply([(cur, 1.0)])
         flip["next"] = a if cur is b else b
 
-    shira_ms = _ms(switch, 10)
-    # step time: plain vs SHiRA fused (weights are just different numbers)
-    sw.restore()
-    base_steps, shira_steps = [], []
-    for _ in range(0 if args.switch_only else args.rounds):
-        base_steps.append(_ms(step, 1))
-        sw.apply([(a, 1.0)])
-        shira_steps.append(_ms(step, 1))
-        sw.restore()
-
-    # LoRA r=16 through peft on the same linears (random B so the merge is real work)
-    lcfg = LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=list(DEFAULT_TARGETS), init_lora_weights=False)
-    inject_adapter_in_model(lcfg, unet, adapter_name="lora")
-    tuners = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
-
     def fuse_unfuse() -> None:
         for m in tuners:
             m.merge()
         for m in tuners:
             m.unmerge()
 
-    lora_ms = _ms(fuse_unfuse, 3)
-    lora_steps, base2 = [], []
+    def lora(on: bool) -> None:
+        for m in tuners:
+            m.enable_adapters(on)
+
+    switch()
+    fuse_unfuse()  # warm-up
+    shira_t, lora_t = [], []
+    for _ in range(max(3, args.rounds)):
+        shira_t.append(_ms(switch, 3))
+        lora_t.append(_ms(fuse_unfuse, 1))
+    shira_ms, lora_ms = statistics.median(shira_t), statistics.median(lora_t)
+    # step time: plain / LoRA unfused / SHiRA fused, interleaved
+    base_steps, shira_steps, lora_steps = [], [], []
+    sw.restore()
     for _ in range(0 if args.switch_only else args.rounds):
-        for m in tuners:
-            m.enable_adapters(False)
-        base2.append(_ms(step, 1))
-        for m in tuners:
-            m.enable_adapters(True)
+        lora(False)
+        base_steps.append(_ms(step, 1))
+        lora(True)
         lora_steps.append(_ms(step, 1))
-    lora_params = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
+        lora(False)
+        sw.apply([(a, 1.0)])
+        shira_steps.append(_ms(step, 1))
+        sw.restore()
+    base2 = base_steps
 
     # peft's SHiRA merge/unmerge at the same parameter budget, for reference
     shira_r = max(1, round(a.n_params() / sum(m.weight.shape[0] + m.weight.shape[1] for m in lins.values())))
