@@ -32,6 +32,11 @@ def build_tab(services: Services) -> None:
     if schema is None:
         return
     with gr.Tab("Generate", id="generate"):
+        gr.Markdown("With no model configured the Studio uses its **embedded world model**, a small SD-format "
+                    "model trained offline on a procedural world: prompts like *a large red solid star in the "
+                    "center on a navy background* (shapes, colours, sizes, positions, styles, backgrounds; "
+                    "guidance ≈ 4). Pick or register your own SD1.x/2.x/SDXL model below.",
+                    elem_id="gen-embedded-note")
         job_state = gr.State(None)
         assets_state = gr.State([])
         selected = gr.State(None)
