@@ -371,5 +371,12 @@ class T2IEngine(Engine):
             if not path.is_file():
                 raise EngineError(f"no Clockwork adaptor trained for this model ({path} is missing); use "
                                   "clockwork=reuse or train one with `studio train-clockwork`")
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                trained_for = json.loads((f.metadata() or {}).get("model_hash", '""'))
+            if trained_for and trained_for != loaded.model_hash:
+                raise EngineError("the Clockwork adaptor was trained for another version of this model; retrain it "
+                                  "with `studio train-clockwork` or use clockwork=reuse")
             loaded.adaptors["default"] = load_adaptor(path, ctx.device, loaded.pipe.unet.dtype)
         return loaded.adaptors["default"]
