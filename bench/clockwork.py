@@ -118,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sd15", action="store_true", help="also time an SD1.5-shaped U-Net at 256x256")
     ap.add_argument("--sd15-only", action="store_true", help="only the SD1.5-shaped U-Net timing")
     ap.add_argument("--sd15-steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 by default: with 2 threads on a shared 2-core box OpenMP oversubscription "
+                         "makes timings swing 10x+)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    import torch as _torch
+
+    _torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     if args.sd15_only:
         print(json.dumps({"sd15_unet": sd15_unet_loop(steps=args.sd15_steps, period=args.period, rounds=2)}))

@@ -104,7 +104,10 @@ class Clockwork:
         self.period = period
         self.mode = mode
         self.adaptor = adaptor
-        self.low = list(unet.down_blocks[1:]) + [unet.mid_block] + list(unet.up_blocks[:-1])
+        # down_blocks[0]'s downsampler only feeds the low-res path: reuse skips it too; the
+        # adaptor needs it fresh (its output is r_in)
+        first_down = list(getattr(unet.down_blocks[0], "downsamplers", None) or []) if mode == "reuse" else []
+        self.low = first_down + list(unet.down_blocks[1:]) + [unet.mid_block] + list(unet.up_blocks[:-1])
         self.r_out_block = unet.up_blocks[-2]
         self.calls = 0
         self.full = True
