@@ -358,6 +358,11 @@ def export_pipeline(pipe, dst: Path) -> None:  # noqa: ANN001
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    # transformers 5 saves only tokenizer.json; ship the world's vocab.json/merges.txt too
+    from engines.world.tokenizer import load_tokenizer, write_tokenizer
+
+    write_tokenizer(tmp / "tokenizer")
+    load_tokenizer(tmp / "tokenizer")  # asserts the size
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():

@@ -1,0 +1,21 @@
+"""With no model configured the Studio generates with the shipped embedded world model."""
+from __future__ import annotations
+
+from PIL import Image
+
+from studio.wiring import build_runner
+
+
+def test_default_model_is_the_embedded_one(services) -> None:  # noqa: ANN001
+    spec = services.models.resolve(None)
+    assert spec.kind == "embedded" and (spec.path / "model_index.json").is_file()
+    job = services.jobs.submit("t2i", {"prompt": "a large red solid star in the center on a navy background",
+                                       "steps": 4, "seed": 7, "guidance_scale": 4, "preview_every": 2},
+                               enqueue=False)
+    assert job.params["model"] == "embedded"
+    runner = build_runner(services)
+    assert runner.execute(job.id) == "completed", services.jobs.get(job.id).error
+    (asset,) = services.jobs.get(job.id).assets
+    with Image.open(services.assets.path(asset.id)) as im:
+        assert im.size == (64, 64)
+        assert "Model: embedded-world" in im.text["parameters"]
