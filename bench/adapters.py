@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from bench import add_threads_arg, apply_threads
 from bench.clockwork import SD15_UNET
 
 
@@ -46,14 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256x256 images)")
     ap.add_argument("--switch-only", action="store_true", help="skip the step-time ratios")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 by default: with 2 threads on a shared 2-core box OpenMP oversubscription "
-                         "makes timings swing 10x+)")
+    add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    import torch as _torch
-
-    _torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.set_grad_enabled(False)
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, ShiraConfig, inject_adapter_in_model

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import torch
 
+from bench import add_threads_arg, apply_threads
+
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
@@ -118,14 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sd15", action="store_true", help="also time an SD1.5-shaped U-Net at 256x256")
     ap.add_argument("--sd15-only", action="store_true", help="only the SD1.5-shaped U-Net timing")
     ap.add_argument("--sd15-steps", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 by default: with 2 threads on a shared 2-core box OpenMP oversubscription "
-                         "makes timings swing 10x+)")
+    add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    import torch as _torch
-
-    _torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.set_grad_enabled(False)
     if args.sd15_only:
         print(json.dumps({"sd15_unet": sd15_unet_loop(steps=args.sd15_steps, period=args.period, rounds=2)}))

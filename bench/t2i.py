@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import add_threads_arg, apply_threads
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="studio bench t2i")
@@ -26,14 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1 by default: with 2 threads on a shared 2-core box OpenMP oversubscription "
-                         "makes timings swing 10x+)")
+    add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    import torch as _torch
-
-    _torch.set_num_threads(args.threads)
+    apply_threads(args)
     import torch
 
     from engines.t2i.engine import load_pipeline
