@@ -19,3 +19,14 @@ def test_default_model_is_the_embedded_one(services) -> None:  # noqa: ANN001
     with Image.open(services.assets.path(asset.id)) as im:
         assert im.size == (64, 64)
         assert "Model: embedded-world" in im.text["parameters"]
+
+
+def test_embedded_model_ships_a_clockwork_adaptor(services) -> None:  # noqa: ANN001
+    job = services.jobs.submit("t2i", {"prompt": "a small blue dotted heart on the left on a white background",
+                                       "steps": 4, "seed": 1, "guidance_scale": 4, "clockwork": "adaptor",
+                                       "preview_every": 0}, enqueue=False)
+    runner = build_runner(services)
+    assert runner.execute(job.id) == "completed", services.jobs.get(job.id).error
+    done = services.jobs.get(job.id)
+    assert done.result_meta["clockwork_cheap_steps"] == 2
+    assert "Clockwork: adaptor/2" in done.assets[0].meta["parameters"]
