@@ -10,7 +10,11 @@
   budget, for reference.
 - ``lora_unfused_step_ratio`` / ``shira_fused_step_ratio``: U-Net step time (CFG batch 2) with
   LoRA active but unfused / with SHiRA fused, over the plain U-Net. Interleaved rounds.
-Prints one JSON object. (Concept retention on the embedded model is added with training.)
+
+On the embedded model (``bench/adapter_quality.py``; skipped with ``--no-quality``, alone with
+``--quality-only``): ``concept_retention`` per method, and diversity / data copying at high
+adapter strength (``high_strength``), under ``"quality"``.
+Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import time
 
 import torch
 
+from bench import adapter_quality as quality
 from bench import add_threads_arg, apply_threads
 from bench.clockwork import SD15_UNET
 
@@ -47,10 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256x256 images)")
     ap.add_argument("--switch-only", action="store_true", help="skip the step-time ratios")
+    ap.add_argument("--no-quality", action="store_true", help="skip concept retention / diversity (minutes)")
+    ap.add_argument("--quality-only", action="store_true", help="only concept retention / diversity")
     add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
+    quality.add_args(ap)
     args = ap.parse_args(argv)
     apply_threads(args)
+    res = {} if args.quality_only else timings(args)
+    if not args.no_quality:
+        q = quality.run(args)
+        res |= {"concept_retention": q["concept_retention"], "quality": q}
+    print(json.dumps(res))
+    return 0
+
+
+def timings(args: argparse.Namespace) -> dict:
     torch.set_grad_enabled(False)
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, ShiraConfig, inject_adapter_in_model
@@ -135,15 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     peft_shira_ms = _ms(peft_shira, 3)
     b1, s1, b2, l2 = (statistics.median(v) if v else float("nan") for v in (base_steps, shira_steps, base2,
                                                                              lora_steps))
-    print(json.dumps({
+    return {
         "unet_params_m": round(sum(p.numel() for p in unet2.parameters()) / 1e6, 1), "target_linears": len(lins),
         "shira_density": args.density, "shira_params": a.n_params(), "lora_rank": args.rank,
         "lora_params": lora_params, "linear_params": n_lin,
         "lora_fuse_unfuse_ms": round(lora_ms, 1), "shira_switch_ms": round(shira_ms, 1),
         "switch_speedup": round(lora_ms / shira_ms, 2), "peft_shira_merge_unmerge_ms": round(peft_shira_ms, 1),
         "lora_unfused_step_ratio": _r(l2 / b2, 3), "shira_fused_step_ratio": _r(s1 / b1, 3),
-        "step_ms_base": _r(b1, 1), "latent": args.latent}))
-    return 0
+        "step_ms_base": _r(b1, 1), "latent": args.latent}
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 Rows point at assets of kind 'adapter'. Jobs that produce an adapter artifact enter it
 here automatically (with the job's other images as previews); files can be imported
-(kohya, diffusers/PEFT LoRA, Studio SHiRA/FouRA) and are validated before anything is stored.
+(kohya, diffusers/PEFT LoRA, Studio SHiRA/FouRA, and peft SHiRA folders as a .zip, which are
+converted to the Studio layout) and are validated before anything is stored — against the base
+model's layer names and shapes when a base model is named.
 """
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from sqlalchemy import select
 
@@ -31,9 +33,29 @@ def _dto(a: Adapter) -> dict[str, Any]:
 
 
 class AdapterLibrary:
-    def __init__(self, db: Database, assets: AssetService) -> None:
+    def __init__(self, db: Database, assets: AssetService, resolve_model: Callable[[str], Any] | None = None) -> None:
         self.db = db
         self.assets = assets
+        self.resolve_model = resolve_model  # ref -> ModelSpec (the model manager's resolver)
+
+    def _base_shapes(self, base_model: str) -> dict[str, tuple[int, ...]] | None:
+        """The base U-Net's layer shapes, or None when the model's layout cannot be read cheaply
+        (a single-file checkpoint uses original-SD names)."""
+        from engines.adapters.compat import unet_weight_shapes
+        from engines.base import ModelNotFound
+
+        if self.resolve_model is None:
+            return None
+        try:
+            spec = self.resolve_model(base_model)
+        except ModelNotFound as e:
+            raise UploadRejected(f"base_model: {e}", 400) from None
+        if spec.kind == "single_file" or not (spec.path / "unet").is_dir():
+            return None
+        try:
+            return unet_weight_shapes(spec.path)
+        except ValueError:
+            return None
 
     def list(self, method: str | None = None) -> list[dict[str, Any]]:
         stmt = select(Adapter).order_by(Adapter.created_at.desc())
@@ -65,12 +87,22 @@ class AdapterLibrary:
 
     def import_file(self, stream: BinaryIO, filename: str, *, name: str = "", trigger: str = "",
                     base_model: str = "") -> dict[str, Any]:
-        """Validate an adapter file and add it; a bad file stores nothing."""
+        """Validate an adapter file and add it; a bad file stores nothing.
+
+        ``.safetensors``: kohya / diffusers / PEFT LoRA or Studio SHiRA / FouRA. ``.zip``: a peft
+        SHiRA ``save_pretrained`` folder, converted to a Studio SHiRA file (needs ``base_model``:
+        peft stores only the values, the indices are rebuilt from the base layer shapes).
+        With ``base_model`` every adapted U-Net layer must exist in it with a fitting shape.
+        """
+        from engines.adapters.compat import check_adapter, peft_shira_to_studio, read_peft_folder
         from engines.adapters.lora_io import detect_format, read_header
 
-        if not filename.lower().endswith(".safetensors"):
-            raise UploadRejected("adapters must be .safetensors files", 400)
-        with tempfile.NamedTemporaryFile(dir=self.assets.files.tmp, suffix=".safetensors", delete=False) as tmp:
+        lower = filename.lower()
+        if not lower.endswith((".safetensors", ".zip")):
+            raise UploadRejected("adapters must be .safetensors files (or a .zip of a peft SHiRA adapter)", 400)
+        is_zip = lower.endswith(".zip")
+        with tempfile.NamedTemporaryFile(dir=self.assets.files.tmp, suffix=".zip" if is_zip else ".safetensors",
+                                         delete=False) as tmp:
             tmp_path = Path(tmp.name)
             total = 0
             while chunk := stream.read(1 << 20):
@@ -80,16 +112,40 @@ class AdapterLibrary:
                     tmp_path.unlink(missing_ok=True)
                     raise UploadRejected("adapter file exceeds the upload limit", 413)
                 tmp.write(chunk)
+        converted: Path | None = None
         try:
+            shapes = self._base_shapes(base_model) if base_model else None
+            if is_zip:
+                from studio.uploads import sniff
+
+                sniff(tmp_path, filename, max_image_pixels=1, max_archive_bytes=self.assets.settings.max_upload_bytes)
+                if shapes is None:
+                    raise UploadRejected("a peft SHiRA adapter needs base_model (a diffusers folder or registered "
+                                         "model) to rebuild its indices", 400)
+                try:
+                    cfg, tensors = read_peft_folder(tmp_path)
+                    adapter = peft_shira_to_studio(cfg, tensors, shapes)
+                except (ValueError, KeyError) as e:
+                    raise UploadRejected(f"peft SHiRA adapter: {e}", 400) from None
+                converted = tmp_path.with_suffix(".shira.safetensors")
+                adapter.meta |= {"base_model": base_model}
+                adapter.save(converted)
+                filename = Path(filename).stem + ".shira.safetensors"
+                tmp_path.unlink(missing_ok=True)
+                tmp_path = converted
             try:
                 keys, meta = read_header(tmp_path)
                 fmt = detect_format(keys, meta)
+                checked = check_adapter(tmp_path, fmt, shapes) if shapes is not None else None
             except ValueError as e:
                 raise UploadRejected(str(e), 400) from None
             studio_meta = {}
             if meta.get("studio", "").startswith("{"):
                 studio_meta = json.loads(meta["studio"])
-            label = name.strip() or studio_meta.get("name") or Path(filename).stem
+            stem = Path(filename).name
+            for suffix in (".safetensors", ".shira", ".foura"):
+                stem = stem.removesuffix(suffix)
+            label = name.strip() or studio_meta.get("name") or stem
             with self.db.session() as s:
                 if s.scalar(select(Adapter).where(Adapter.name == label)) is not None:
                     raise Conflict(f"an adapter named {label!r} already exists")
@@ -102,7 +158,9 @@ class AdapterLibrary:
                               base_model_hash=studio_meta.get("base_model_hash", ""),
                               targets=list(studio_meta.get("targets") or []), rank=studio_meta.get("rank"),
                               density=studio_meta.get("density"), trigger=trigger or studio_meta.get("trigger", ""),
-                              provenance={"imported_from": Path(filename).name, "keys": len(keys)},
+                              provenance={"imported_from": Path(filename).name, "keys": len(keys),
+                                          "layers_checked": checked,
+                                          "converted_from": "peft-shira" if converted else None},
                               preview_asset_ids=[])
                 s.add(row)
             return self.get(row.id)

@@ -43,7 +43,7 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     queue = JobQueue(settings)
     models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model)
     jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries, models=models)
-    return Services(settings, db, assets, jobs, models, queue, AdapterLibrary(db, assets))
+    return Services(settings, db, assets, jobs, models, queue, AdapterLibrary(db, assets, models.resolve))
 
 
 def new_worker_id(role: str = "worker") -> str:

@@ -126,6 +126,7 @@ def test_adapters_tab_import_and_ab_grid(studio_server, browser, tiny_model, tmp
     page.get_by_role("tab", name="Adapters").click(timeout=60000)
     page.get_by_text("Import an adapter").click()
     page.locator("#ad-import-file input[type=file]").set_input_files(str(lora))
+    page.locator("#ad-import-base textarea, #ad-import-base input").first.fill(str(tiny_model))
     page.locator("#ad-import").click()
     page.get_by_text("Imported").wait_for(timeout=30000)
     page.wait_for_function("() => document.querySelector('#ad-table').innerText.includes('browser-style')",

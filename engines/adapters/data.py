@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -46,24 +45,30 @@ def load_dataset(path: Path, work: Path, template: str, trigger: str) -> list[tu
     return load_folder(dest, template, trigger)
 
 
+STYLE_DEMOS = {"striped-style": ("striped", "stripez"), "dotted-style": ("dotted", "dotz"),
+               "outlined-style": ("outlined", "outlinez")}
+
+
 def demo_dataset(name: str, trigger: str, n: int = 32) -> list[tuple[Image.Image, str]]:
     """``new-concept``: the world's unseen sprite ("zorb" or the trigger) in varied poses.
-    ``striped-style``: striped objects captioned as plain ones plus ", in <trigger> style"."""
+    ``<style>-style`` (striped, dotted, outlined): single objects in that surface style,
+    captioned with no style word (which the base model reads as solid) plus ", in <trigger>
+    style" — so the adapter, not the caption, has to bring the style."""
     from engines.world import generator as g
 
     if name == "new-concept":
         word = trigger or "zorb"
         return [(Image.fromarray(s.image), s.caption) for s in g.subject_samples(n, seed=0, name=word)]
-    if name == "striped-style":
-        word = trigger or "stripez"
+    if name in STYLE_DEMOS:
+        style, default_word = STYLE_DEMOS[name]
+        word = trigger or default_word
         out = []
         i = 0
         while len(out) < n:
             s = g.make_sample(seed=7, index=i)
             i += 1
-            if s.scene.primary.style != "striped" or len(s.scene.objects) != 1:
+            if s.scene.primary.style != style or len(s.scene.objects) != 1:
                 continue
-            plain = replace(s.scene, objects=tuple(replace(o, style="solid") for o in s.scene.objects))
-            out.append((Image.fromarray(s.image), f"{g.canonical_caption(plain)}, in {word} style"))
+            out.append((Image.fromarray(s.image), f"{g.plain_caption(s.scene)}, in {word} style"))
         return out
     raise EngineError(f"unknown demo dataset {name!r}")

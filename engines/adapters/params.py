@@ -15,7 +15,7 @@ class AdapterTrainParams(Params):
     dataset: str | None = input_field(
         "training images: a .zip (or a folder, from the CLI) of images with optional same-name .txt captions",
         kinds=("archive",), default=None)
-    demo: Literal["none", "striped-style", "new-concept"] = Field(
+    demo: Literal["none", "striped-style", "dotted-style", "outlined-style", "new-concept"] = Field(
         "none", description="a ready-made dataset from the embedded world instead of your own images")
     name: str = Field("", max_length=120, description="adapter name (default: method + trigger)")
     method: Literal["lora", "shira", "foura"] = Field("lora", description="adapter type")

@@ -333,6 +333,12 @@ def canonical_caption(scene: Scene) -> str:
     return " and ".join(parts) + f" on a {scene.background} background"
 
 
+def plain_caption(scene: Scene) -> str:
+    """The canonical wording without style words (the world's captions omit only "solid")."""
+    parts = [f"a {o.size} {o.color} {o.shape} {_POS_WORDS[o.position][0]}" for o in scene.objects]
+    return " and ".join(parts) + f" on a {scene.background} background"
+
+
 def make_sample(seed: int, index: int = 0, split: str = "train", p_two: float = 0.0,
                 drop: bool = True) -> Sample:
     """Deterministic in (seed, index, split, p_two, drop)."""

@@ -107,6 +107,12 @@ def load_judge(judge_dir: Path, device: str = "cpu") -> Judge:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def judge_probs(judge: Judge, images: torch.Tensor, head: str, batch: int = 256) -> torch.Tensor:
+    """images (N, 3, 64, 64) in [0, 1] -> (N, K) probabilities over ``g.ATTRIBUTES[head]``."""
+    return torch.cat([judge(images[i:i + batch])[head].softmax(1) for i in range(0, len(images), batch)])
+
+
 def judge_predict(judge: Judge, images: torch.Tensor, batch: int = 256) -> dict[str, list[str]]:
     """images (N, 3, 64, 64) float in [0, 1] -> attr -> predicted label names."""
     out: dict[str, list[str]] = {h: [] for h in Judge.HEADS}

@@ -386,9 +386,12 @@ def _latents(out: Path, vae, imgs: np.ndarray) -> np.ndarray:  # noqa: ANN001
     return z
 
 
-def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000) -> dict:
+def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000, decay_from: int | None = None) -> dict:
     """v-prediction DDPM training with min-SNR-5 weighting, 10% empty captions (for CFG), EMA,
-    cross-attention and the pooled-text embedding at 2× the base LR, text encoder fine-tuned."""
+    cross-attention and the pooled-text embedding at 2× the base LR, text encoder fine-tuned.
+
+    The LR is constant after warm-up so a run can be extended; `decay_from` starts a cosine decay to
+    10% ending at `steps` (a pure function of the step, so resuming keeps the same schedule)."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel
 
@@ -441,6 +444,9 @@ def train_unet(out: Path, steps: int, resume: bool, eval_every: int = 1000) -> d
         rng = np.random.default_rng([6, step])
         gen = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
         warm = min(1.0, (step + 1) / 300)
+        if decay_from is not None and step >= decay_from:
+            frac = (step - decay_from) / max(1, steps - decay_from)
+            warm *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
         for pg in opt.param_groups:
             pg["lr"] = base_lr * pg["mult"] * warm
         idx = rng.integers(0, len(lat), bs)
@@ -516,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from <out>/<stage>/state.pt")
     ap.add_argument("--steps", type=int, default=None, help="total steps for the stage (default per stage)")
     ap.add_argument("--out", type=Path, default=scratch_dir())
+    ap.add_argument("--decay-from", type=int, default=None,
+                    help="unet: cosine-decay the LR to 10%% from this step to --steps (default: constant)")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     stages = STAGES if args.stage == "all" else (args.stage,)
@@ -523,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     for st in stages:
         fn = {"judge": train_judge, "vae": train_vae, "text": train_text, "unet": train_unet}[st]
         t = time.time()
-        fn(args.out, args.steps or defaults[st], args.resume)
+        if st == "unet":
+            train_unet(args.out, args.steps or defaults[st], args.resume, decay_from=args.decay_from)
+        else:
+            fn(args.out, args.steps or defaults[st], args.resume)
         _say(f"stage {st} took {time.time() - t:.0f}s")
     return 0
 

@@ -59,12 +59,14 @@ def build_tab(services: Services) -> None:
                               elem_id="ad-grid-out")
             grid_info = gr.Markdown(elem_id="ad-grid-info")
 
-        with gr.Accordion("Import an adapter (.safetensors: kohya / diffusers / PEFT LoRA, Studio SHiRA/FouRA)",
-                          open=False):
+        with gr.Accordion("Import an adapter (.safetensors: kohya / diffusers / PEFT LoRA, Studio SHiRA/FouRA; "
+                          ".zip: a peft SHiRA folder)", open=False):
             with gr.Row():
-                imp_file = gr.File(label="Adapter file", file_types=[".safetensors"], elem_id="ad-import-file")
+                imp_file = gr.File(label="Adapter file", file_types=[".safetensors", ".zip"], elem_id="ad-import-file")
                 imp_name = gr.Textbox(label="Name (default: file name)")
                 imp_trigger = gr.Textbox(label="Trigger words")
+                imp_base = gr.Textbox(label="Base model (checks every layer fits; needed for peft SHiRA)",
+                                      value="embedded", elem_id="ad-import-base")
             imp_btn = gr.Button("Import", elem_id="ad-import")
             imp_msg = gr.Markdown()
 
@@ -144,18 +146,19 @@ def build_tab(services: Services) -> None:
 
         gr.Timer(1.0).tick(poll_grid, inputs=grid_state, outputs=[grid, grid_info], show_progress="hidden")
 
-        def do_import(file: Any, name: str, trigger: str) -> tuple[str, Any, Any]:
+        def do_import(file: Any, name: str, trigger: str, base: str) -> tuple[str, Any, Any]:
             if not file:
-                raise gr.Error("choose a .safetensors file")
+                raise gr.Error("choose a .safetensors or .zip file")
             path = file if isinstance(file, str) else file.name
             try:
                 with open(path, "rb") as f:
-                    a = services.library.import_file(f, Path(path).name, name=name, trigger=trigger)
+                    a = services.library.import_file(f, Path(path).name, name=name, trigger=trigger,
+                                                     base_model=base.strip())
             except StudioError as e:
                 return f"Not imported: {e}", gr.update(), gr.update()
             return f"Imported **{a['name']}** ({a['method']}, {a['format']})", rows(services), gr.update()
 
-        imp_btn.click(do_import, inputs=[imp_file, imp_name, imp_trigger], outputs=[imp_msg, table, imp_file])
+        imp_btn.click(do_import, inputs=[imp_file, imp_name, imp_trigger, imp_base], outputs=[imp_msg, table, imp_file])
 
         def train(values: dict[Any, Any]) -> tuple[str, str]:
             try:
