@@ -120,7 +120,8 @@ def peft_shira_zip(tiny_model: Path) -> bytes:
     return buf.getvalue()
 
 
-def test_library_import_checks_base_model_and_converts_peft_shira(services, tiny_model: Path) -> None:  # noqa: ANN001
+def test_library_import_checks_base_model_and_converts_peft_shira(services, tiny_model: Path,  # noqa: ANN001
+                                                                  tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from studio.server import create_app
@@ -146,13 +147,5 @@ def test_library_import_checks_base_model_and_converts_peft_shira(services, tiny
         assert a["method"] == "shira" and a["format"] == "studio-shira" and a["name"] == "peft-shira"
         assert a["provenance"]["converted_from"] == "peft-shira" and a["provenance"]["layers_checked"] > 0
         data = c.get(a["url"]).content
-    assert ShiraAdapter.load(_tmp(data), _unet(tiny_model)).n_params() > 0
-
-
-def _tmp(data: bytes) -> Path:
-    import tempfile
-
-    f = tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False)
-    f.write(data)
-    f.close()
-    return Path(f.name)
+    (tmp_path / "got.safetensors").write_bytes(data)
+    assert ShiraAdapter.load(tmp_path / "got.safetensors", _unet(tiny_model)).n_params() > 0
