@@ -90,8 +90,9 @@ def write_dataset(word: str, color: str) -> Path:
 
 
 def train_adapter(model_dir: Path, method: str, dataset: Path, trigger: str, seed: int, args: argparse.Namespace,
-                  density: float) -> tuple[Path, dict[str, Any]]:
-    """Train (or reuse from the cache) one adapter through the ``adapter-train`` engine."""
+                  density: float, model_key: str) -> tuple[Path, dict[str, Any]]:
+    """Train (or reuse from the cache) one adapter through the ``adapter-train`` engine.
+    ``model_key`` (``_model_key(model_dir)``) is hashed once per run by the caller."""
     from engines.adapters.engine import AdapterTrainEngine
     from engines.adapters.params import AdapterTrainParams
     from engines.base import EngineContext, ModelSpec
@@ -101,7 +102,7 @@ def train_adapter(model_dir: Path, method: str, dataset: Path, trigger: str, see
                            targets=args.targets, mask_type=args.mask,
                            density=round(density, 5), steps=args.steps, learning_rate=lr, batch_size=args.batch,
                            seed=seed, sample_every=0, name=f"{method}-{trigger}")
-    key = hashlib.sha256((_model_key(model_dir) + p.model_dump_json()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((model_key + p.model_dump_json()).encode()).hexdigest()[:16]
     dest = CACHE / f"{method}-{trigger}-{key}.safetensors"
     info_path = dest.with_suffix(".json")
     if dest.is_file() and info_path.is_file():
@@ -238,13 +239,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     CACHE.mkdir(parents=True, exist_ok=True)
     gen = Generator(model_dir, args.sample_steps, args.guidance)
     density = args.q_density or matched_density(gen.loaded.pipe.unet, args.q_rank, args.targets)
+    model_key = _model_key(model_dir)
     adapters: dict[str, dict[str, Path]] = {}
     train_info: dict[str, dict[str, Any]] = {}
     for m in args.methods:
         adapters[m] = {}
         for k, (word, color) in enumerate(CONCEPTS):
             data = write_dataset(word, color)
-            adapters[m][word], info = train_adapter(model_dir, m, data, word, k + 1, args, density)
+            adapters[m][word], info = train_adapter(model_dir, m, data, word, k + 1, args, density, model_key)
             train_info[f"{m}/{word}"] = info
     prompts = {w: eval_prompts(w, c, args.n_prompts, seed=1000 + k) for k, (w, c) in enumerate(CONCEPTS)}
 
@@ -275,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for m in args.methods:
             strong[m] = high_strength(gen, adapters[m][word], word, color, [1.0, args.high], args.div_prompts,
                                       args.div_seeds)
-    return {"model_dir": str(model_dir), "model_key": _model_key(model_dir),
+    return {"model_dir": str(model_dir), "model_key": model_key,
             "concepts": dict(CONCEPTS), "eval_prompts_per_concept": args.n_prompts,
             "sample_steps": args.sample_steps, "guidance": args.guidance, "shira_density": round(density, 4),
             "shira_mask": args.mask, "rank": args.q_rank, "targets": args.targets, "train": train_info, "base": base,

@@ -37,6 +37,21 @@ def _io(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
+def _low_rank_factor(fmt: str, key: str, kohya: dict[str, str]) -> tuple[str | None, bool]:
+    """(base layer path, is the down/A factor) for a low-rank factor key of a U-Net layer in a
+    kohya / diffusers / PEFT LoRA or Studio FouRA file; (None, False) for any other key."""
+    if fmt == "studio-foura" and key.endswith((".down.weight", ".up.weight")):
+        return key.rsplit(".", 2)[0], key.endswith(".down.weight")
+    if fmt == "kohya" and key.startswith("lora_unet_") and key.endswith((".lora_down.weight", ".lora_up.weight")):
+        stem = key[len("lora_unet_"):].rsplit(".", 2)[0]
+        return kohya.get(stem, stem), ".lora_down." in key
+    if fmt in ("peft", "diffusers") and re.search(r"\.lora_[AB]\.(\w+\.)?weight$", key) \
+            and not key.startswith(("text_encoder", "te.", "te1.", "te2.")):
+        layer = re.sub(r"\.lora_[AB]\.(\w+\.)?weight$", "", key)
+        return re.sub(r"^(unet\.|base_model\.model\.)", "", layer), ".lora_A." in key
+    return None, False
+
+
 def check_adapter(path: Path, fmt: str, shapes: Shapes) -> int:
     """Raise ValueError naming the first layer that is missing or mis-shaped in the base
     U-Net; returns the number of U-Net layers checked. Text-encoder parts are not checked."""
@@ -51,42 +66,23 @@ def check_adapter(path: Path, fmt: str, shapes: Shapes) -> int:
             return tuple(f.get_slice(k).get_shape())
 
         for k in keys:
-            layer, want = None, None
-            if fmt == "studio-shira" and k.endswith(".idx"):
-                layer = k[:-4]
-                if layer in shapes:
-                    numel = int(torch.tensor(shapes[layer]).prod())
-                    idx = f.get_tensor(k)
-                    if len(idx) and int(idx.max()) >= numel:
-                        raise ValueError(f"layer {layer}: indices beyond its {shapes[layer]} weight")
-            elif fmt == "studio-foura" and k.endswith((".down.weight", ".up.weight")):
-                layer = k.rsplit(".", 2)[0]
-                if layer in shapes:
-                    o, i = _io(shapes[layer])
-                    s = shape(k)
-                    want = (s[0], i) if k.endswith(".down.weight") else (o, s[1])
-            elif fmt == "kohya" and k.startswith("lora_unet_") and k.endswith((".lora_down.weight", ".lora_up.weight")):
-                stem = k[len("lora_unet_"):].rsplit(".", 2)[0]
-                layer = kohya.get(stem, stem)
-                if layer in shapes:
-                    o, i = _io(shapes[layer])
-                    s = shape(k)
-                    want = (s[0], i) if ".lora_down." in k else (o, s[1])
-            elif fmt in ("peft", "diffusers") and re.search(r"\.lora_[AB]\.(\w+\.)?weight$", k):
-                if k.startswith(("text_encoder", "te.", "te1.", "te2.")):
-                    continue
-                layer = re.sub(r"\.lora_[AB]\.(\w+\.)?weight$", "", k)
-                layer = re.sub(r"^(unet\.|base_model\.model\.)", "", layer)
-                if layer in shapes:
-                    o, i = _io(shapes[layer])
-                    s = shape(k)
-                    want = (s[0], i) if ".lora_A." in k else (o, s[1])
-            else:
+            shira = fmt == "studio-shira" and k.endswith(".idx")
+            layer, down = (k[:-4], False) if shira else _low_rank_factor(fmt, k, kohya)
+            if layer is None:
                 continue
             if layer not in shapes:
                 raise ValueError(f"layer {layer} does not exist in the base model's U-Net")
-            if want is not None and shape(k)[:2] != want:
-                raise ValueError(f"{k}: shape {list(shape(k))} does not fit the base layer {list(shapes[layer])}")
+            if shira:
+                idx = f.get_tensor(k)
+                if len(idx) and int(idx.max()) >= int(torch.tensor(shapes[layer]).prod()):
+                    raise ValueError(f"layer {layer}: indices beyond its {shapes[layer]} weight")
+                n += 1
+                continue
+            o, i = _io(shapes[layer])
+            s = shape(k)
+            want = (s[0], i) if down else (o, s[1])  # down/A: [r, in]; up/B: [out, r]
+            if s[:2] != want:
+                raise ValueError(f"{k}: shape {list(s)} does not fit the base layer {list(shapes[layer])}")
             n += 1
     if n == 0 and fmt in ("kohya", "peft", "diffusers", "studio-shira", "studio-foura"):
         raise ValueError("the file adapts no U-Net layer of this base model")

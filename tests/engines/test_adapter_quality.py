@@ -66,5 +66,5 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tiny_model: Path, tmp_path: Path,
     from diffusers import UNet2DConditionModel
 
     density = q.matched_density(UNet2DConditionModel.from_pretrained(tiny_model / "unet"), args.q_rank, args.targets)
-    path, info = q.train_adapter(tiny_model, "lora", data, "zindle", 1, args, density)
+    path, info = q.train_adapter(tiny_model, "lora", data, "zindle", 1, args, density, res["model_key"])
     assert info == res["train"]["lora/zindle"] and path.is_file()
