@@ -4,9 +4,18 @@ PY := $(VENV)/bin/python
 STUDIO_DATA_DIR ?= $(HOME)/.studio
 PORT ?= 7860
 
-.PHONY: setup run test test-fast clean-venv
+.PHONY: setup system-deps run test test-fast clean-venv
 
-setup: $(VENV)/.installed
+# Debian packages first (scripts/system-deps.sh): installed when root or passwordless sudo,
+# else `make test` stops here with the one apt-get command to run. `make run` needs no browser:
+# it only wants libusb-1.0-0 (open3d baselines) and starts without it, with a warning.
+DEPS_FOR ?= run
+test test-fast: DEPS_FOR = test
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@VENV=$(VENV) bash scripts/system-deps.sh $(DEPS_FOR)
 
 # torch first, from the pinned CPU wheel (CUDA users: install their CUDA torch build first);
 # the project's own range is satisfied by it, so nothing pulls another torch.

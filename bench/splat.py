@@ -87,8 +87,8 @@ def bench_planes() -> dict[str, Any]:
             r = open3d_planes(scene, method)
             ms = round((time.perf_counter() - t) * 1000, 1)
             out[f"open3d_{method}"] = {**evaluate(r, labels, gt, diag), "ms": ms}
-        except ImportError as e:
-            out[f"open3d_{method}"] = {"error": f"open3d unavailable: {e}"}
+        except ImportError as e:  # Open3DUnavailable says what to install
+            out[f"open3d_{method}"] = {"error": str(e)}
     return out
 
 

@@ -64,14 +64,31 @@ def scene_normals(scene: GaussianScene) -> np.ndarray:
     return R[np.arange(len(k)), :, k]
 
 
+class Open3DUnavailable(ImportError):
+    """open3d is missing or cannot load its native libraries; the message says how to fix it."""
+
+
+def import_open3d() -> Any:
+    """open3d, imported lazily: the Studio's own parser never needs it (only the baselines and a
+    faster k-NN do). open3d's wheel links Debian's ``libusb-1.0-0``; without it the import fails
+    with a bare loader error, which this turns into one actionable line."""
+    try:
+        import open3d
+    except (ImportError, OSError) as e:  # OSError: some loaders report a broken .so this way
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        fix = ("install Debian's libusb-1.0-0: sudo apt-get install -y libusb-1.0-0" if "libusb" in first
+               else "install it: pip install open3d-cpu (x86_64) or open3d")
+        raise Open3DUnavailable(f"open3d unavailable ({first}); {fix}") from e
+    return open3d
+
+
 def knn(points: np.ndarray, k: int, chunk: int = 2048, kd_min: int = 5000) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours (excluding self): [N, k] idx, dist. open3d's KD-tree from ``kd_min``
     points on (200k points in ~1 s), else exact brute force with torch.cdist (O(N^2))."""
     k = min(k, max(1, len(points) - 1))
     if len(points) >= kd_min:
         try:
-            import open3d as o3d
-
+            o3d = import_open3d()
             pts = o3d.core.Tensor(np.ascontiguousarray(points, np.float32))
             nns = o3d.core.nns.NearestNeighborSearch(pts)
             nns.knn_index()
@@ -83,8 +100,8 @@ def knn(points: np.ndarray, k: int, chunk: int = 2048, kd_min: int = 5000) -> tu
             keep = np.ones_like(idx, bool)
             keep[np.arange(len(points)), drop] = False
             return idx[keep].reshape(-1, k), np.sqrt(np.maximum(d2[keep].reshape(-1, k), 0))
-        except ImportError:
-            pass
+        except Open3DUnavailable:
+            pass  # exact brute force below: slower on big scenes, same answer
     import torch
 
     p = torch.as_tensor(points, dtype=torch.float64)  # fp32 cdist (|a|^2+|b|^2-2ab) errs by ~1e-4
@@ -401,8 +418,9 @@ def write_plane_mesh(planes: list[dict[str, Any]], path: str | Path) -> Path:
 def open3d_planes(scene: GaussianScene, method: str = "ransac", dist_rel: float = 0.01, min_count: int = 30,
                   max_planes: int = 16, min_opacity: float = 0.3) -> PlaneResult:
     """Baseline: open3d ``segment_plane`` repeated on the centres (RANSAC), or
-    ``detect_planar_patches`` with the Gaussian normals. Imported lazily."""
-    import open3d as o3d
+    ``detect_planar_patches`` with the Gaussian normals. Raises ``Open3DUnavailable`` (an
+    ImportError naming the fix) when open3d cannot load."""
+    o3d = import_open3d()
 
     N = len(scene)
     labels = -np.ones(N, int)
