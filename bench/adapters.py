@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latent", type=int, default=32, help="latent side (32 = 256x256 images)")
     ap.add_argument("--switch-only", action="store_true", help="skip the step-time ratios")
+    ap.add_argument("--unet", default="sd15", choices=["sd15", "tiny"], help="U-Net shape for the timings (tiny: tests)")
     ap.add_argument("--no-quality", action="store_true", help="skip concept retention / diversity (minutes)")
     ap.add_argument("--quality-only", action="store_true", help="only concept retention / diversity")
     add_threads_arg(ap)
@@ -67,16 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                 cross_attention_dim=768, attention_head_dim=4, norm_num_groups=8,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
+@torch.no_grad()  # scoped: a global set_grad_enabled(False) here broke the quality stage's training after it
 def timings(args: argparse.Namespace) -> dict:
-    torch.set_grad_enabled(False)
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig, ShiraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from engines.adapters.shira import DEFAULT_TARGETS, FusedSwitcher, random_adapter, target_linears
 
+    cfg = TINY_UNET if args.unet == "tiny" else SD15_UNET
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    unet = UNet2DConditionModel(**cfg).eval()
     lins = target_linears(unet)
     n_lin = sum(m.weight.numel() for m in lins.values())
     x = torch.randn(2, 4, args.latent, args.latent)
@@ -138,7 +145,7 @@ def timings(args: argparse.Namespace) -> dict:
     # peft's SHiRA merge/unmerge at the same parameter budget, for reference
     shira_r = max(1, round(a.n_params() / sum(m.weight.shape[0] + m.weight.shape[1] for m in lins.values())))
     torch.manual_seed(0)
-    unet2 = UNet2DConditionModel(**SD15_UNET).eval()
+    unet2 = UNet2DConditionModel(**cfg).eval()
     scfg = ShiraConfig(r=shira_r, target_modules=list(DEFAULT_TARGETS), init_weights=False, random_seed=0)
     inject_adapter_in_model(scfg, unet2, adapter_name="shira")
     tuners2 = [m for m in unet2.modules() if isinstance(m, BaseTunerLayer)]
@@ -159,7 +166,7 @@ def timings(args: argparse.Namespace) -> dict:
         "lora_fuse_unfuse_ms": round(lora_ms, 1), "shira_switch_ms": round(shira_ms, 1),
         "switch_speedup": round(lora_ms / shira_ms, 2), "peft_shira_merge_unmerge_ms": round(peft_shira_ms, 1),
         "lora_unfused_step_ratio": _r(l2 / b2, 3), "shira_fused_step_ratio": _r(s1 / b1, 3),
-        "step_ms_base": _r(b1, 1), "latent": args.latent}
+        "step_ms_base": _r(b1, 1), "latent": args.latent, "unet": args.unet}
 
 
 if __name__ == "__main__":

@@ -23,8 +23,16 @@ class AdapterTrainEngine(Engine):
     def run(self, p: AdapterTrainParams, ctx: EngineContext) -> EngineResult:
         import torch
 
+        # Grad mode is per-thread global state: whatever ran before on this thread (a t2i job, a
+        # bench) may have switched it off, and training must not depend on that.
+        with torch.enable_grad():
+            return self._run(p, ctx)
+
+    def _run(self, p: AdapterTrainParams, ctx: EngineContext) -> EngineResult:
+        import torch
+
         from engines.adapters.data import demo_dataset, load_dataset
-        from engines.adapters.train import Trainer, encode
+        from engines.adapters.train import Trainer, encode, encode_negatives
         from engines.t2i.engine import load_pipeline
 
         ctx.progress(0, p.steps, "loading model")
@@ -37,6 +45,8 @@ class AdapterTrainEngine(Engine):
         with torch.no_grad():
             lat, ehs = encode(pipe, items)
         trainer = Trainer(pipe, p, ctx)
+        if p.preserve > 0:
+            trainer.neg_ehs = encode_negatives(pipe, [c for _, c in items], p.trigger, p.seed)
         state = ctx.state_dir
         ckpt = state / "checkpoint.pt" if state is not None else None
         start, losses = 0, []
@@ -64,7 +74,8 @@ class AdapterTrainEngine(Engine):
         meta = {"name": name, "method": p.method, "base_model": p.model, "base_model_hash": loaded.model_hash,
                 "targets": p.targets, "rank": p.rank if p.method != "shira" else None,
                 "density": p.density if p.method == "shira" else None, "trigger": p.trigger,
-                "steps": p.steps, "learning_rate": p.learning_rate, "images": len(items), "seed": p.seed}
+                "steps": p.steps, "learning_rate": p.learning_rate, "images": len(items), "seed": p.seed,
+                "preserve": p.preserve}
         out = ctx.work_dir / (_safe(name) + EXT[p.method])
         info = trainer.export(out, meta)
         curve = _loss_plot(losses, ctx.work_dir / f"{_safe(name)}-loss.png")

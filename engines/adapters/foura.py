@@ -116,7 +116,7 @@ def inject(model: nn.Module, targets: Iterable[str], rank: int = 16, alpha: floa
         for child_name, child in list(mod.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if isinstance(child, nn.Linear) and any(full == t or full.endswith("." + t) for t in targets):
-                wrapped = FouraLinear(child, rank, alpha, gate)
+                wrapped = FouraLinear(child, rank, alpha, gate).to(child.weight.device)  # new parts are built on the CPU
                 setattr(mod, child_name, wrapped)
                 done[full] = wrapped
     return done

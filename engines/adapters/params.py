@@ -28,6 +28,12 @@ class AdapterTrainParams(Params):
     density: float = Field(0.02, ge=0.001, le=0.25, description="SHiRA: fraction of each target weight trained")
     mask_type: Literal["random", "weight", "gradient", "snip", "structured"] = Field(
         "random", description="SHiRA mask: random, weight magnitude, gradient, SNIP or structured")
+    preserve: float = Field(
+        0.0, ge=0.0, le=0.75,
+        description="mix-ready training: share of each batch whose caption has the trigger swapped for a made-up "
+                    "word, with the base model's own prediction as target, so the adapter acts only on its "
+                    "trigger and disturbs other adapters' words less when mixed (0 = off; costs one extra "
+                    "forward pass on that share)")
     steps: int = Field(400, ge=1, le=100000, description="optimisation steps")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="learning rate (AdamW)")
     batch_size: int = Field(4, ge=1, le=64, description="images per step")
@@ -42,6 +48,8 @@ class AdapterTrainParams(Params):
             raise ValueError("give exactly one of dataset (your images) or demo (a built-in dataset)")
         if "{trigger}" in self.caption_template and not self.trigger:
             raise ValueError("caption_template uses {trigger} but no trigger word is set")
+        if self.preserve > 0 and not self.trigger:
+            raise ValueError("preserve (mix-ready training) needs a trigger word to swap out")
         if not self.targets:
             raise ValueError("targets must name at least one layer")
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,58 @@ def encode(pipe: Any, items: list[tuple[Image.Image, str]]) -> tuple[torch.Tenso
     return lat.float(), ehs.float()
 
 
+def seeded_init(linears: dict[str, torch.nn.Linear], seed: int) -> None:
+    """Redraw every randomly initialised adapter weight from a CPU generator seeded by ``seed``.
+
+    peft and ``nn.Linear`` draw their init from torch's global RNG, whose state depends on
+    whatever ran before in the process, so two runs of the same command trained from different
+    starting points. Same law as the default (kaiming-uniform a=√5, i.e. U(±1/√fan_in)) for
+    weights and biases; zero-initialised factors (LoRA B, FouRA up) stay zero. Drawn on the CPU
+    in name order, so the start is the same on every device.
+    """
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    with torch.no_grad():
+        for name in sorted(linears):
+            lin = linears[name]
+            if not lin.weight.requires_grad or not bool(lin.weight.any()):
+                continue
+            bound = 1.0 / max(lin.in_features, 1) ** 0.5
+            lin.weight.copy_((torch.rand(lin.weight.shape, generator=g) * 2 - 1) * bound)
+            if lin.bias is not None and lin.bias.requires_grad:
+                lin.bias.copy_((torch.rand(lin.bias.shape, generator=g) * 2 - 1) * bound)
+
+
+def made_up_words(n: int, seed: int, avoid: set[str]) -> list[str]:
+    """``n`` distinct pronounceable non-words (e.g. "tovame"), seeded; none in ``avoid``."""
+    g = torch.Generator().manual_seed(seed * 104729 + 3)
+    cons, vows = "bdfgklmnprstvz", "aeiou"
+    out: list[str] = []
+    while len(out) < n:
+        k = int(torch.randint(2, 4, (1,), generator=g))  # syllables
+        w = "".join(cons[int(torch.randint(len(cons), (1,), generator=g))] +
+                    vows[int(torch.randint(len(vows), (1,), generator=g))] for _ in range(k))
+        if w not in avoid and w not in out:
+            out.append(w)
+    return out
+
+
+@torch.no_grad()
+def encode_negatives(pipe: Any, captions: list[str], trigger: str, seed: int, k: int = 4) -> torch.Tensor:
+    """Text embeddings [N, k, L, D] of each caption with its trigger swapped for k made-up words
+    (mix-ready training: on these the adapter must reproduce the base model)."""
+    pat = re.compile(rf"\b{re.escape(trigger)}\b")
+    missing = [c for c in captions if not pat.search(c)]
+    if missing:
+        raise EngineError(f"preserve needs the trigger {trigger!r} in every caption; missing in {missing[0]!r}")
+    words = made_up_words(k * len(captions), seed, {trigger.lower()} | set(" ".join(captions).lower().split()))
+    neg = [pat.sub(words[i * k + j], c) for i, c in enumerate(captions) for j in range(k)]
+    tok = pipe.tokenizer(neg, padding="max_length", truncation=True, max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt")
+    ids = tok.input_ids.to(pipe.device)
+    ehs = torch.cat([pipe.text_encoder(ids[i:i + 64])[0] for i in range(0, len(ids), 64)]).float()  # [N*k, L, D]
+    return ehs.view(len(captions), k, *ehs.shape[1:])
+
+
 class Trainer:
     def __init__(self, pipe: Any, p: AdapterTrainParams, ctx: EngineContext) -> None:
         from diffusers import DDPMScheduler
@@ -58,12 +111,21 @@ class Trainer:
         self.masks: dict[str, torch.Tensor] = {}  # SHiRA: flat indices per layer
         self.w0: dict[str, torch.Tensor] = {}
         self.layers: dict[str, Any] = {}
+        self.neg_ehs: torch.Tensor | None = None  # [N, k, L, D] when p.preserve > 0 (set by the engine)
         self.params = self._attach()
         if not self.params:
             raise EngineError(f"no layer of this model matches targets {p.targets}")
+        seeded_init(self._adapter_linears(), p.seed)
         self.opt = torch.optim.AdamW(self.params, lr=p.learning_rate, weight_decay=0.0)
 
     # -- adapters ----------------------------------------------------------------------------
+    def _adapter_linears(self) -> dict[str, torch.nn.Linear]:
+        """The adapter's own trainable Linear layers (LoRA A/B, FouRA down/up/gate MLP) by name."""
+        if self.p.method == "shira":
+            return {}
+        return {n: m for n, m in self.unet.named_modules()
+                if isinstance(m, torch.nn.Linear) and any(q.requires_grad for q in m.parameters(recurse=False))}
+
     def _attach(self) -> list[torch.nn.Parameter]:
         p = self.p
         if p.method == "lora":
@@ -108,19 +170,53 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def loss(self, lat: torch.Tensor, ehs: torch.Tensor, step: int) -> torch.Tensor:
+        """Noise-prediction MSE on one batch drawn from (seed, step): images, noise, timesteps and,
+        with ``preserve``, which rows get a made-up word (target: the base model's prediction)."""
         g = torch.Generator().manual_seed(self.p.seed * 1_000_003 + step)
         n = lat.shape[0]
-        idx = torch.randint(0, n, (min(self.p.batch_size, max(n, 1)),), generator=g)
-        x0, c = lat[idx], ehs[idx]
+        b = min(self.p.batch_size, max(n, 1))
+        idx = torch.randint(0, n, (b,), generator=g)  # [B]
+        x0, c = lat[idx], ehs[idx]  # [B, C, h, w], [B, L, D]
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(idx),), generator=g)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (b,), generator=g)
+        n_neg = 0
+        if self.neg_ehs is not None and self.p.preserve > 0:
+            n_neg = max(1, min(b - 1, round(b * self.p.preserve))) if b > 1 else 0
+            pick = torch.randint(0, self.neg_ehs.shape[1], (n_neg,), generator=g)
+            c = torch.cat([c[:b - n_neg], self.neg_ehs[idx[b - n_neg:], pick]])  # last n_neg rows: made-up words
         dev = self.unet.device
         x0, c, noise, t = x0.to(dev), c.to(dev), noise.to(dev), t.to(dev)
         noisy = self.noise_sched.add_noise(x0, noise, t)
         target = noise if self.noise_sched.config.prediction_type == "epsilon" else \
             self.noise_sched.get_velocity(x0, noise, t)
+        if n_neg:
+            target = torch.cat([target[:b - n_neg], self._base_pred(noisy[b - n_neg:], t[b - n_neg:],
+                                                                     c[b - n_neg:]).float()])
         pred = self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=c.to(self.unet.dtype)).sample
         return F.mse_loss(pred.float(), target.float())
+
+    @torch.no_grad()
+    def _base_pred(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The U-Net's output with the adapter switched off (the mix-ready target) [B, C, h, w]."""
+        args = (x.to(self.unet.dtype), t)
+        kw = {"encoder_hidden_states": c.to(self.unet.dtype)}
+        if self.p.method == "lora":
+            self.unet.disable_adapters()
+            try:
+                return self.unet(*args, **kw).sample
+            finally:
+                self.unet.enable_adapters()
+        if self.p.method == "foura":
+            for lyr in self.layers.values():
+                lyr.scale = 0.0
+            try:
+                return self.unet(*args, **kw).sample
+            finally:
+                for lyr in self.layers.values():
+                    lyr.scale = 1.0
+        from torch.func import functional_call
+
+        return functional_call(self.unet, {f"{n}.weight": w for n, w in self.w0.items()}, args, kw).sample
 
     def step(self, lat: torch.Tensor, ehs: torch.Tensor, step: int) -> float:
         self.unet.train()

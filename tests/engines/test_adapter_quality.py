@@ -68,3 +68,22 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tiny_model: Path, tmp_path: Path,
     density = q.matched_density(UNet2DConditionModel.from_pretrained(tiny_model / "unet"), args.q_rank, args.targets)
     path, info = q.train_adapter(tiny_model, "lora", data, "zindle", 1, args, density, res["model_key"])
     assert info == res["train"]["lora/zindle"] and path.is_file()
+
+
+def test_timing_then_quality_in_one_process(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`studio bench adapters --json` runs the timing stage and then trains adapters in the same
+    process (as a worker runs jobs one after another): the timing stage must leave no state behind
+    (it used to switch grad mode off globally: 'element 0 of tensors does not require grad')."""
+    import torch
+
+    from bench import adapters as bench
+
+    monkeypatch.setattr(q, "CACHE", tmp_path / "cache")
+    assert torch.is_grad_enabled()
+    assert bench.main(["--json", "--unet", "tiny", "--latent", "8", "--rounds", "1", "--model", str(tiny_model),
+                       "--methods", "lora", "--steps", "2", "--n-prompts", "2", "--sample-steps", "2", "--high", "0",
+                       "--q-targets", "to_q", "to_v"]) == 0
+    assert torch.is_grad_enabled()
+    res = json.loads(capsys.readouterr().out)
+    assert res["unet"] == "tiny" and res["shira_switch_ms"] > 0 and "lora" in res["concept_retention"]

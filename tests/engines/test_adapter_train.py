@@ -132,3 +132,92 @@ def test_t2i_mixes_trained_adapters_and_switches_back_exactly(tiny_model, datase
     a = np.frombuffer(lora_unfused, np.uint8).astype(int)
     b = np.frombuffer(outs["lora"], np.uint8).astype(int)
     assert np.abs(a - b).max() <= 2  # fused and unfused LoRA agree up to rounding
+
+
+def _weights(res) -> dict:  # noqa: ANN001
+    from safetensors.torch import load_file
+
+    return load_file(str(res.artifacts[0].path))
+
+
+@pytest.mark.parametrize("method", ["lora", "shira", "foura"])
+def test_same_seed_same_weights_whatever_ran_before(tiny_model, dataset, tmp_path, method) -> None:  # noqa: ANN001
+    """Init (LoRA A, FouRA down/gate), masks, batches, noise and timesteps all come from the seed:
+    two trainings give bit-identical files even when the global RNG was left in another state."""
+    p = params(tiny_model, dataset, method=method, steps=3, learning_rate=1e-2, preserve=0.5)
+    torch.manual_seed(123)
+    a = _weights(AdapterTrainEngine().run(p, ctx_for(tmp_path / "a", tmp_path / "sa")))
+    torch.manual_seed(456)
+    torch.rand(1000)
+    b = _weights(AdapterTrainEngine().run(p, ctx_for(tmp_path / "b", tmp_path / "sb")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = _weights(AdapterTrainEngine().run(params(tiny_model, dataset, method=method, steps=3, learning_rate=1e-2,
+                                                 preserve=0.5, seed=1), ctx_for(tmp_path / "c", tmp_path / "sc")))
+    assert any(not torch.equal(a[k], c[k]) for k in a if k in c)  # the seed does matter
+
+
+def test_training_works_after_something_switched_grad_off(tiny_model, dataset, tmp_path) -> None:  # noqa: ANN001
+    """The state leak behind 'element 0 of tensors does not require grad': a bench (or job) that
+    turned grad mode off globally on this thread must not break the next training."""
+    prev = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
+    try:
+        res = AdapterTrainEngine().run(params(tiny_model, dataset, method="lora", steps=2),
+                                       ctx_for(tmp_path, tmp_path / "state"))
+        assert res.meta["final_loss"] > 0
+        assert not torch.is_grad_enabled()  # and the caller's mode is left as it was
+    finally:
+        torch.set_grad_enabled(prev)
+
+
+def test_made_up_words_are_seeded_and_avoid_given_words() -> None:
+    from engines.adapters.train import made_up_words
+
+    w = made_up_words(50, seed=3, avoid={"sks"})
+    assert w == made_up_words(50, seed=3, avoid={"sks"}) and len(set(w)) == 50
+    assert w != made_up_words(50, seed=4, avoid={"sks"})
+    assert all(x.isalpha() and 4 <= len(x) <= 6 for x in w)
+    assert w[0] not in made_up_words(50, seed=3, avoid={w[0]})
+
+
+def test_preserve_needs_the_trigger_in_every_caption(tiny_model, dataset, tmp_path) -> None:  # noqa: ANN001
+    from engines.base import EngineError
+
+    with pytest.raises(ValueError, match="trigger"):
+        AdapterTrainParams(model="m", dataset="d", preserve=0.5)
+    p = params(tiny_model, dataset, caption_template="{caption}", preserve=0.5)  # captions lack "sks"
+    with pytest.raises(EngineError, match="trigger 'sks' in every caption"):
+        AdapterTrainEngine().run(p, ctx_for(tmp_path, tmp_path / "state"))
+
+
+@pytest.mark.parametrize("method", ["lora", "shira", "foura"])
+def test_preserve_target_is_the_untouched_base_model(tiny_model, dataset, tmp_path, method) -> None:  # noqa: ANN001
+    """Mix-ready training's target for made-up-word rows is the base model with the adapter off:
+    after a few large steps the adapter changes the output, yet the target still equals a fresh
+    base U-Net's output; and adapter training leaves the adapter switched back on."""
+    from diffusers import UNet2DConditionModel
+
+    from engines.adapters.train import Trainer, encode, encode_negatives
+    from engines.t2i.engine import load_pipeline
+
+    p = params(tiny_model, dataset, method=method, learning_rate=5e-2, preserve=0.5)
+    pipe = load_pipeline(ModelSpec(str(tiny_model), "diffusers", tiny_model), "cpu", "float32").pipe
+    from engines.adapters.data import load_folder
+
+    items = load_folder(dataset, p.caption_template, p.trigger)
+    lat, ehs = encode(pipe, items)
+    tr = Trainer(pipe, p, ctx_for(tmp_path, tmp_path / "state"))
+    tr.neg_ehs = encode_negatives(pipe, [c for _, c in items], p.trigger, p.seed)
+    assert tr.neg_ehs.shape == (len(items), 4, *ehs.shape[1:])
+    if method == "shira":
+        tr.make_shira_masks(lat, ehs)
+    for s in range(3):
+        tr.step(lat, ehs, s)
+    base = UNet2DConditionModel.from_pretrained(tiny_model / "unet").eval()
+    x, t, c = torch.randn(2, *lat.shape[1:]), torch.tensor([10, 700]), tr.neg_ehs[:2, 0]
+    with torch.no_grad():
+        want = base(x, t, encoder_hidden_states=c).sample
+        got = tr._base_pred(x, t, c)
+        adapted = pipe.unet(x, t, encoder_hidden_states=c).sample
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(adapted, want, atol=1e-4)  # the adapter is active again
