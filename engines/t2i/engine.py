@@ -64,24 +64,18 @@ def model_hash(spec: ModelSpec) -> str:
     return h.hexdigest()
 
 
-def _is_sdxl_single_file(path: Path) -> bool:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return any(k.startswith("conditioner.embedders.1") for k in f.keys())
-
-
 def load_pipeline(spec: ModelSpec, device: str, dtype: str) -> LoadedPipeline:
     import torch
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     torch_dtype = _torch_dtype(dtype)
     if device == "cpu" and torch_dtype == torch.float16:
         torch_dtype = torch.float32  # fp16 convs are not implemented/slow on CPU
     try:
         if spec.kind == "single_file":
-            cls = StableDiffusionXLPipeline if _is_sdxl_single_file(spec.path) else StableDiffusionPipeline
-            pipe = cls.from_single_file(str(spec.path), dtype=torch_dtype, local_files_only=True)
+            from engines.t2i.single_file import load_single_file
+
+            pipe = load_single_file(spec.path, torch_dtype)
         else:
             index = json.loads((spec.path / "model_index.json").read_text())
             kw: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
@@ -91,8 +85,8 @@ def load_pipeline(spec: ModelSpec, device: str, dtype: str) -> LoadedPipeline:
     except (OSError, ValueError, EnvironmentError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if spec.kind == "single_file":
-            raise ModelNotFound(f"cannot load {spec.path.name} offline: {msg} (single-file loading needs the base "
-                                "model's config in the local Hugging Face cache; a diffusers folder needs nothing)") from None
+            raise ModelNotFound(f"cannot load {spec.path.name}: {msg} (single files load with the Studio's shipped "
+                                "SD1.x/SD2.x/SDXL configs; other architectures need a diffusers folder)") from None
         raise ModelNotFound(f"cannot load model at {spec.path}: {msg}") from None
     if not isinstance(getattr(pipe, "unet", None), UNet2DConditionModel):
         raise EngineError(f"{type(pipe).__name__} is not a U-Net Stable Diffusion pipeline")
