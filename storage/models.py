@@ -44,6 +44,8 @@ class Job(Base):
     retried_from: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
     auto_retry: Mapped[bool] = mapped_column(Boolean, default=False)
     result_meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # None = the local owner
+    origin: Mapped[str] = mapped_column(String(8), default="api")  # api | ui | cli: what the params may name
 
     assets: Mapped[list["Asset"]] = relationship(back_populates="job", order_by="Asset.created_at")
 
@@ -69,6 +71,7 @@ class Asset(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     search_text: Mapped[str] = mapped_column(Text, default="")  # lower-cased prompt etc.
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
     job: Mapped[Job | None] = relationship(back_populates="assets")
 
@@ -106,3 +109,63 @@ class Adapter(Base):
     provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # training params / import source
     preview_asset_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+
+
+class User(Base):
+    """An account. Passwords are argon2 hashes; the first admin is made at first start."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AuthSession(Base):
+    """A browser login. Only the sha256 of the cookie value is stored."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    client: Mapped[str] = mapped_column(String(200), default="")
+
+
+class ApiToken(Base):
+    """A per-user bearer token for REST, CLI and gradio_client; shown once, stored hashed."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(120), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ShareLink(Base):
+    """A read-only public link to one or more assets (``/s/<token>``); the token is stored hashed."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    asset_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    include_meta: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    views: Mapped[int] = mapped_column(Integer, default=0)

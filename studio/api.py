@@ -8,6 +8,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from studio import __version__
+from studio.auth import RateLimited
 from studio.catalog import engine_list
 from studio.errors import InvalidParams, StudioError
 from studio.wiring import Services
@@ -20,7 +21,7 @@ class JobIn(BaseModel):
 
 
 def build_api(services: Services) -> FastAPI:
-    app = FastAPI(title="Studio", version=__version__, docs_url="/docs", openapi_url="/openapi.json")
+    app = FastAPI(title="Studio", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     jobs, assets = services.jobs, services.assets
 
     @app.exception_handler(StudioError)
@@ -28,7 +29,8 @@ def build_api(services: Services) -> FastAPI:
         body: dict[str, Any] = {"detail": str(exc)}
         if isinstance(exc, InvalidParams):
             body["errors"] = exc.errors
-        return JSONResponse(body, status_code=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -101,4 +103,7 @@ def build_api(services: Services) -> FastAPI:
     def models() -> list[dict[str, Any]]:
         return services.models.list()
 
+    from studio.web import add_routes
+
+    add_routes(app, services)
     return app

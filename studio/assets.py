@@ -12,10 +12,23 @@ from sqlalchemy import or_, select
 from storage.db import Database
 from storage.files import AssetFileStore
 from storage.models import Asset
+from studio.auth import viewer
 from studio.config import Settings
 from studio.dto import AssetDTO
-from studio.errors import NotFound, UploadRejected
+from studio.errors import NotFound, StudioError, UploadRejected
 from studio.uploads import Sniffed, sniff
+
+_CALLER = object()
+
+
+def visible(stmt: Any, model: Any) -> Any:
+    """Restrict a select to rows the caller owns (admins and the local owner see all)."""
+    v = viewer()
+    if v.is_admin:
+        return stmt
+    if v.user_id is None:
+        return stmt.where(False)
+    return stmt.where(model.owner_id == v.user_id)
 
 
 def new_id() -> str:
@@ -40,7 +53,9 @@ class AssetService:
 
     # -- ingest --------------------------------------------------------------------------
     def upload(self, stream: BinaryIO, filename: str) -> AssetDTO:
-        """Validate an uploaded stream and store it; a rejected upload stores nothing."""
+        """Validate an uploaded stream and store it as the caller's; a rejected upload stores nothing."""
+        if not viewer().authenticated:
+            raise StudioError("not signed in")
         limit = self.settings.max_upload_bytes
         tmp_dir = self.files.tmp
         with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="up-", delete=False) as tmp:
@@ -63,9 +78,12 @@ class AssetService:
 
     def ingest_path(self, path: Path, *, filename: str | None = None, kind: str | None = None,
                     mime: str | None = None, job_id: str | None = None,
-                    meta: dict[str, Any] | None = None, validate: bool = True) -> AssetDTO:
-        """Store a file and record it. Validation sniffs the bytes unless the caller knows."""
+                    meta: dict[str, Any] | None = None, validate: bool = True,
+                    owner_id: Any = _CALLER) -> AssetDTO:
+        """Store a file and record it. Validation sniffs the bytes unless the caller knows.
+        The asset belongs to the caller unless ``owner_id`` is given."""
         path = Path(path)
+        owner = viewer().user_id if owner_id is _CALLER else owner_id
         if not path.is_file():
             raise NotFound(f"no such file: {path}")
         filename = filename or path.name
@@ -80,13 +98,13 @@ class AssetService:
         m = dict(s.meta) | (meta or {})
         row = Asset(id=new_id(), sha256=digest, kind=s.kind, mime=s.mime, size=size, filename=filename[:255],
                     width=s.width, height=s.height, frames=s.frames, job_id=job_id, meta=m,
-                    search_text=_search_text(m, filename))
+                    search_text=_search_text(m, filename), owner_id=owner)
         with self.db.session() as sess:
             sess.add(row)
         return AssetDTO.of(row)
 
     def record(self, sess: Any, path: Path, *, filename: str, kind: str, mime: str, job_id: str | None,
-               meta: dict[str, Any]) -> Asset:
+               meta: dict[str, Any], owner_id: str | None = None) -> Asset:
         """Store a file and add its row to the caller's transaction (job completion)."""
         s = Sniffed(kind, mime)
         if kind == "image":
@@ -94,7 +112,7 @@ class AssetService:
         digest, size = self.files.put_file(path)
         row = Asset(id=new_id(), sha256=digest, kind=kind, mime=mime, size=size, filename=filename[:255],
                     width=s.width, height=s.height, frames=s.frames, job_id=job_id, meta=meta,
-                    search_text=_search_text(meta, filename))
+                    search_text=_search_text(meta, filename), owner_id=owner_id)
         sess.add(row)
         return row
 
@@ -115,24 +133,46 @@ class AssetService:
 
     # -- queries -------------------------------------------------------------------------
     def get(self, asset_id: str) -> AssetDTO:
+        """The asset if the caller may read it; otherwise NotFound, as if it did not exist."""
+        asset_id = str(asset_id)[:64]
         with self.db.session() as sess:
             row = sess.get(Asset, asset_id)
-            if row is None:
+            if row is None or not viewer().owns(row.owner_id):
                 raise NotFound(f"no asset {asset_id}")
             return AssetDTO.of(row)
 
+    def get_unchecked(self, asset_id: str) -> AssetDTO:
+        """For share links and the system: no owner check (the caller has checked)."""
+        with self.db.session() as sess:
+            row = sess.get(Asset, str(asset_id)[:64])
+            if row is None:
+                raise NotFound(f"no asset {str(asset_id)[:64]}")
+            return AssetDTO.of(row)
+
+    def owner_of(self, asset_id: str) -> tuple[bool, str | None]:
+        """(exists, owner id) without a visibility check — for the access layer."""
+        with self.db.session() as sess:
+            row = sess.get(Asset, str(asset_id)[:64])
+            return (row is not None, row.owner_id if row is not None else None)
+
     def path(self, asset_id: str) -> Path:
-        a = self.get(asset_id)
+        return self._file(self.get(asset_id))
+
+    def path_unchecked(self, asset_id: str) -> Path:
+        return self._file(self.get_unchecked(asset_id))
+
+    def _file(self, a: AssetDTO) -> Path:
+        asset_id = a.id
         p = self.files.path_for(a.sha256)
         if not p.exists():
             raise NotFound(f"asset {asset_id} has lost its file")
         return p
 
     def list(self, *, query: str = "", kind: str | None = None, limit: int = 100, offset: int = 0) -> list[AssetDTO]:
-        stmt = select(Asset).order_by(Asset.created_at.desc()).limit(limit).offset(offset)
+        stmt = visible(select(Asset).order_by(Asset.created_at.desc()).limit(limit).offset(offset), Asset)
         if kind:
             stmt = stmt.where(Asset.kind == kind)
-        for word in query.lower().split():
+        for word in query.lower().split()[:16]:
             stmt = stmt.where(or_(Asset.search_text.contains(word), Asset.id == word))
         with self.db.session() as sess:
             return [AssetDTO.of(a) for a in sess.scalars(stmt)]

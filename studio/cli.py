@@ -20,6 +20,7 @@ BENCHES = {
     "t2i": "bench.t2i:main",
     "adapters": "bench.adapters:main",
     "splat": "bench.splat:main",
+    "security": "bench.security:main",
 }
 EVALS = {
     "world": "engines.world.eval:main",
@@ -66,6 +67,15 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("location", nargs="?")
     _data_dir_arg(m)
 
+    u = sub.add_parser("users", help="accounts: add, list, passwd, token, revoke-sessions")
+    u.add_argument("action", choices=["add", "list", "passwd", "token", "revoke-sessions"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--admin", action="store_true", help="with add: an administrator (sees everyone's work)")
+    u.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input (default: generate one and print it once)")
+    u.add_argument("--token-name", default="cli", help="with token: a label for the new API token")
+    _data_dir_arg(u)
+
     for name, table in (("bench", BENCHES), ("eval", EVALS)):
         b = sub.add_parser(name, help=f"{name} NAME --json: print one JSON object")
         b.add_argument("name", choices=sorted(table))
@@ -84,8 +94,16 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     _data_dir_arg(s)
     s.add_argument("--no-worker", action="store_true", help="do not start a worker process")
     s.add_argument("--workers", type=int, default=None)
-    s.add_argument("--insecure-listen", action="store_true",
-                   help="allow binding a non-loopback address without authentication")
+    s.add_argument("--auth", choices=["auto", "on", "off"], default=None,
+                   help="accounts: auto (default: on whenever others can reach the Studio), on, off (loopback only)")
+    s.add_argument("--public-url", action="append", default=None, metavar="URL",
+                   help="address others use, e.g. https://studio.example.com behind a reverse proxy (repeatable)")
+    s.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="another Host name to serve (e.g. the machine's LAN name)")
+    s.add_argument("--share", action="store_true", help="open gradio's share tunnel (needs its frpc client)")
+    s.add_argument("--share-server-address", default=None, metavar="HOST:PORT",
+                   help="a self-hosted gradio share server")
+    s.add_argument("--insecure-listen", action="store_true", help=argparse.SUPPRESS)
 
 
 def fail(msg: str, code: int = 2) -> int:
@@ -221,6 +239,46 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from studio.config import load
+    from studio.errors import StudioError
+    from studio.wiring import build
+
+    services = build(load(args.data_dir))
+    auth = services.auth
+    try:
+        if args.action == "list":
+            for u in auth.list_users():
+                print(f"{u['username']:<24} {'admin' if u['is_admin'] else 'user':<6} "
+                      f"{'disabled' if u['disabled'] else ''}")
+            return 0
+        if not args.name:
+            return fail(f"users {args.action} needs NAME")
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+        if args.action == "add":
+            _, pw = auth.add_user(args.name, password, admin=args.admin)
+            print(f"created {args.name}" + ("" if password else f"; password (shown once): {pw}"))
+        elif args.action == "passwd":
+            if password is None:
+                import secrets
+
+                password = secrets.token_urlsafe(15)
+                print(f"new password for {args.name} (shown once): {password}")
+            auth.set_password(args.name, password)
+            print("password changed; the user's sessions were signed out")
+        elif args.action == "token":
+            _, token = auth.create_token(auth.user_id(args.name), args.token_name)
+            print(token)
+            print("(shown once: send it as 'Authorization: Bearer <token>')", file=sys.stderr)
+        elif args.action == "revoke-sessions":
+            print(f"signed out {auth.revoke_sessions(args.name)} session(s)")
+    except StudioError as e:
+        return fail(str(e))
+    finally:
+        services.close()
+    return 0
+
+
 def _call(target: str, argv: list[str]) -> int:
     module, _, fn = target.partition(":")
     try:
@@ -254,8 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         from studio.server import serve
 
-        return serve(load(args.data_dir, host=args.host, port=args.port, insecure_listen=args.insecure_listen,
-                          workers=args.workers), worker=not args.no_worker, workers=args.workers)
+        if args.insecure_listen:
+            return fail("--insecure-listen is gone: listening off loopback now turns accounts on "
+                        "(first start prints the admin password); see docs/security.md")
+        return serve(load(args.data_dir, host=args.host, port=args.port, workers=args.workers, auth=args.auth,
+                          public_urls=tuple(u.rstrip("/") for u in args.public_url) if args.public_url else None,
+                          allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
+                          share=args.share or None, share_server_address=args.share_server_address),
+                     worker=not args.no_worker, workers=args.workers)
     if args.cmd == "worker":
         from studio.worker import run_worker
 
@@ -269,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_db(args)
     if args.cmd == "models":
         return cmd_models(args)
+    if args.cmd == "users":
+        return cmd_users(args)
     if args.cmd in ("bench", "eval"):
         table = BENCHES if args.cmd == "bench" else EVALS
         return _call(table[args.name], args.rest)

@@ -19,8 +19,15 @@ class Settings:
     workers: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
-    insecure_listen: bool = False
+    auth: str = "auto"  # auto (on unless loopback-only) | on | off (loopback only)
+    public_urls: tuple[str, ...] = ()  # e.g. https://studio.example.com behind a reverse proxy
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names to serve (besides loopback and public URLs)
+    share: bool = False  # gradio's share tunnel
+    share_server_address: str = ""  # self-hosted share server host:port
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # whose X-Forwarded-For is believed (with a public URL)
+    model_dirs: tuple[str, ...] = ()  # folders web clients may name models in (besides data_dir/models)
     max_upload_bytes: int = 200 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024  # any request body that is not a file upload
     max_image_pixels: int = 64 * 1024 * 1024  # decompression-bomb guard
     max_archive_bytes: int = 2 * 1024 * 1024 * 1024  # uncompressed size cap for zip uploads
     heartbeat_s: float = 2.0
@@ -56,29 +63,60 @@ class Settings:
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def model_roots(self) -> tuple[Path, ...]:
+        return (self.models_dir, *(Path(d).expanduser() for d in self.model_dirs))
+
+    @property
+    def loopback_only(self) -> bool:
+        return _is_loopback_name(self.host) and not self.public_urls and not self.share and not self.allowed_hosts
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Accounts are required whenever anyone but the owner at this machine can reach it."""
+        if self.auth == "on":
+            return True
+        if self.auth == "off":
+            return False
+        return not self.loopback_only
+
+    @property
+    def secure_cookies(self) -> bool:
+        return any(u.lower().startswith("https://") for u in self.public_urls)
+
     def with_(self, **kw: object) -> "Settings":
         return replace(self, **kw)
 
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.assets_dir, self.work_root, self.previews_dir, self.logs_dir):
+        for d in (self.data_dir, self.assets_dir, self.work_root, self.previews_dir, self.logs_dir, self.models_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def check_bind(self) -> None:
-        """Refuse a non-loopback bind until authentication exists, unless told otherwise."""
-        if self.insecure_listen:
-            return
-        host = self.host
-        if host == "localhost":
-            return
-        try:
-            loop = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loop = False
-        if not loop:
+        """Refuse to be reachable by others without accounts."""
+        if self.auth not in ("auto", "on", "off"):
+            raise SystemExit(f"--auth must be auto, on or off (got {self.auth!r})")
+        if self.auth == "off" and not self.loopback_only:
             raise SystemExit(
-                f"refusing to listen on {host}: the Studio has no authentication yet; "
-                "bind 127.0.0.1 or pass --insecure-listen if you really mean it"
-            )
+                f"refusing to start with accounts off: host {self.host}"
+                + (f", public URL {', '.join(self.public_urls)}" if self.public_urls else "")
+                + (", share tunnel" if self.share else "")
+                + " would let others in without a login. Drop --auth off (accounts turn on by themselves).")
+        for u in self.public_urls:
+            if not u.lower().startswith(("http://", "https://")) or "/" in u.split("://", 1)[1].rstrip("/"):
+                raise SystemExit(f"--public-url must be scheme://host[:port] (got {u!r})")
+
+
+def _is_loopback_name(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def default_data_dir() -> Path:
@@ -88,11 +126,18 @@ def default_data_dir() -> Path:
 def load(data_dir: str | Path | None = None, **overrides: object) -> Settings:
     """Build settings: explicit args win over STUDIO_* environment, which wins over defaults."""
     env_over: dict[str, object] = {}
+    def words(raw: str) -> tuple[str, ...]:
+        return tuple(w for w in raw.replace(",", " ").split() if w)
+
     for key, cast in (("device", str), ("dtype", str), ("workers", int), ("max_upload_bytes", int),
-                      ("stale_after_s", float), ("heartbeat_s", float), ("default_model", str)):
+                      ("stale_after_s", float), ("heartbeat_s", float), ("default_model", str), ("auth", str),
+                      ("public_urls", words), ("allowed_hosts", words), ("max_json_bytes", int),
+                      ("share_server_address", str)):
         raw = os.environ.get(f"STUDIO_{key.upper()}")
         if raw:
             env_over[key] = cast(raw)
+    if os.environ.get("STUDIO_MODEL_DIRS"):
+        env_over["model_dirs"] = tuple(os.environ["STUDIO_MODEL_DIRS"].split(os.pathsep))
     env_over.update({k: v for k, v in overrides.items() if v is not None})
     path = Path(data_dir).expanduser() if data_dir else default_data_dir()
     return Settings(data_dir=path.resolve(), **env_over)  # type: ignore[arg-type]

@@ -56,6 +56,7 @@ class JobDTO:
     has_preview: bool
     assets: list[AssetDTO] = field(default_factory=list)
     result_meta: dict[str, Any] = field(default_factory=dict)
+    owner_id: str | None = None
 
     @classmethod
     def of(cls, j: Any, assets: list[AssetDTO] | None = None) -> "JobDTO":
@@ -64,7 +65,7 @@ class JobDTO:
             err = {"type": j.error_type, "message": j.error_message, "traceback": j.error_traceback}
         return cls(j.id, j.engine, dict(j.params or {}), j.status, j.priority, j.progress, j.message or "",
                    err, _iso(j.created_at), _iso(j.started_at), _iso(j.finished_at), j.retried_from,
-                   j.worker_id, bool(j.preview_path), assets or [], dict(j.result_meta or {}))
+                   j.worker_id, bool(j.preview_path), assets or [], dict(j.result_meta or {}), j.owner_id)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

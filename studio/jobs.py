@@ -13,13 +13,15 @@ from engines import registry
 from engines.base import INPUT_FILE_MARK, ModelNotFound
 from storage.db import Database
 from storage.models import JOB_STATUSES, TERMINAL, Adapter, Asset, Job, utcnow
-from studio.assets import AssetService, new_id
+from studio.assets import AssetService, new_id, visible
+from studio.auth import LOCAL, acting_as, viewer
 from studio.dto import AssetDTO, JobDTO
 from studio.errors import Conflict, InvalidParams, NotFound, StudioError, UploadRejected
 from studio.model_manager import ModelManager
 from studio.queue import JobQueue
 
 Origin = Literal["api", "cli", "ui"]
+CALLER = object()  # submit(owner_id=CALLER): the job belongs to whoever is asking
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -34,10 +36,48 @@ def validate_params(engine_name: str, params: dict[str, Any]) -> Any:
         raise InvalidParams([{"field": "engine", "message": str(e)}]) from None
     if not isinstance(params, dict):
         raise InvalidParams([{"field": "params", "message": "must be an object"}])
+    check_param_sizes(params)
     try:
         return engine.params_model.model_validate(params)
     except ValidationError as e:
-        raise InvalidParams([{"field": _field_name(err["loc"]), "message": err["msg"]} for err in e.errors()]) from None
+        errs = e.errors()
+        out = [{"field": _field_name(err["loc"])[:120], "message": str(err["msg"])[:300]} for err in errs[:MAX_ERRORS]]
+        if len(errs) > MAX_ERRORS:
+            out.append({"field": "params", "message": f"... and {len(errs) - MAX_ERRORS} more errors"})
+        raise InvalidParams(out) from None
+
+
+MAX_ERRORS = 20
+MAX_PARAM_KEYS = 200  # no engine has more; unknown keys are refused anyway
+MAX_STRING = 4096  # a prompt; longer text is a mistake or an attack
+MAX_ITEMS = 1024
+MAX_DEPTH = 8
+
+
+def check_param_sizes(params: dict[str, Any]) -> None:
+    """Refuse oversized params before validation, so cost stays bounded whatever is sent
+    (200,000 unknown keys or a 16 MB string would otherwise be parsed, reported and stored)."""
+    if len(params) > MAX_PARAM_KEYS:
+        raise InvalidParams([{"field": "params", "message": f"{len(params)} keys (limit {MAX_PARAM_KEYS})"}])
+
+    def walk(v: Any, path: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise InvalidParams([{"field": path, "message": f"nested deeper than {MAX_DEPTH} levels"}])
+        if isinstance(v, str) and len(v) > MAX_STRING:
+            raise InvalidParams([{"field": path, "message": f"text of {len(v)} characters (limit {MAX_STRING})"}])
+        if isinstance(v, (list, tuple)):
+            if len(v) > MAX_ITEMS:
+                raise InvalidParams([{"field": path, "message": f"{len(v)} items (limit {MAX_ITEMS})"}])
+            for i, x in enumerate(v):
+                walk(x, f"{path}.{i}", depth + 1)
+        elif isinstance(v, dict):
+            if len(v) > MAX_ITEMS:
+                raise InvalidParams([{"field": path, "message": f"{len(v)} keys (limit {MAX_ITEMS})"}])
+            for k, x in v.items():
+                walk(x, f"{path}.{str(k)[:40]}", depth + 1)
+
+    for k, v in params.items():
+        walk(v, str(k)[:40], 1)
 
 
 def input_fields(engine_name: str) -> dict[str, tuple[str | None, list[str]]]:
@@ -68,13 +108,22 @@ class JobService:
         self.max_auto_retries = max_auto_retries
 
     # -- submit --------------------------------------------------------------------------
-    def submit(self, engine: str, params: dict[str, Any], *, priority: int = 0, origin: Origin = "api",
-               enqueue: bool = True, retried_from: str | None = None, auto_retry: bool = False) -> JobDTO:
+    def submit(self, engine: str, params: dict[str, Any], *, priority: int = 0, origin: Origin = "cli",
+               enqueue: bool = True, retried_from: str | None = None, auto_retry: bool = False,
+               owner_id: Any = CALLER) -> JobDTO:
         """Validate, resolve input files to assets, store the job, then enqueue its id.
 
-        Invalid params raise InvalidParams and store nothing. From the CLI, an input field
-        may be a local path: it is validated and ingested as an asset first.
+        Invalid params raise InvalidParams and store nothing. ``origin`` says who is asking:
+        web routes pass "api"/"ui"; the default "cli" is for in-process callers (CLI, benches).
+        From the CLI, an input field
+        may be a local path: it is validated and ingested as an asset first; from the web,
+        inputs must be assets the caller may read and models must not be paths.
+        The job belongs to the caller (``viewer()``) unless ``owner_id`` is given (retries).
         """
+        who = viewer()
+        if owner_id is CALLER and not who.authenticated:
+            raise StudioError("not signed in")
+        owner: str | None = who.user_id if owner_id is CALLER else owner_id
         model = validate_params(engine, params)
         data = model.model_dump(mode="json")
         for name, (key, kinds) in input_fields(engine).items():
@@ -82,9 +131,10 @@ class JobService:
             if value in (None, "", []):
                 continue
             if key is None:
-                data[name] = self._resolve_input(name, str(value), kinds, origin)
+                data[name] = self._resolve_input(name, str(value), kinds, origin, owner)
             else:
-                data[name] = [item | {key: self._resolve_input(f"{name}.{i}.{key}", str(item[key]), kinds, origin)}
+                data[name] = [item | {key: self._resolve_input(f"{name}.{i}.{key}", str(item[key]), kinds, origin,
+                                                                     owner)}
                               for i, item in enumerate(value)]
                 if "adapter" in kinds:  # show library names in metadata
                     with self.db.session() as s:
@@ -96,23 +146,27 @@ class JobService:
         if self.models is not None:
             for name in registry.get(engine).model_params:
                 try:
-                    self.models.resolve(data.get(name))
+                    self.models.resolve(data.get(name), allow_paths=origin == "cli")
                 except ModelNotFound as e:
                     raise InvalidParams([{"field": name, "message": str(e)}]) from None
         job = Job(id=new_id(), engine=engine, params=data, status="queued", priority=priority,
-                  retried_from=retried_from, auto_retry=auto_retry, result_meta={})
+                  retried_from=retried_from, auto_retry=auto_retry, result_meta={}, owner_id=owner, origin=origin)
         with self.db.session() as s:
             s.add(job)
         if enqueue and self.queue is not None:
             self._enqueue(job.id, priority)
         return self.get(job.id)
 
-    def _resolve_input(self, field: str, value: str, kinds: list[str], origin: Origin) -> str:
+    def _resolve_input(self, field: str, value: str, kinds: list[str], origin: Origin, owner: str | None) -> str:
+        """An input is an asset the job's owner may read (else: no such asset, whoever owns it)."""
+        def readable(a: Asset | None) -> Asset | None:
+            return a if a is not None and (owner is None or a.owner_id == owner) else None
+
         with self.db.session() as s:
-            asset = s.get(Asset, value)
+            asset = readable(s.get(Asset, value[:64]))
             if asset is None and "adapter" in kinds:  # a library adapter by id or name
-                lib = s.get(Adapter, value) or s.scalar(select(Adapter).where(Adapter.name == value))
-                asset = s.get(Asset, lib.asset_id) if lib is not None else None
+                lib = s.get(Adapter, value[:64]) or s.scalar(select(Adapter).where(Adapter.name == value))
+                asset = readable(s.get(Asset, lib.asset_id)) if lib is not None else None
                 value = asset.id if asset is not None else value
             kind = asset.kind if asset else None
         if asset is None:
@@ -122,9 +176,9 @@ class JobService:
                                       + (" and no such local file" if origin == "cli" else "")}])
             try:
                 if p.is_dir():
-                    dto = self._ingest_dir(p)
+                    dto = self._ingest_dir(p, owner)
                 else:
-                    dto = self.assets.ingest_path(p)
+                    dto = self.assets.ingest_path(p, owner_id=owner)
             except UploadRejected as e:
                 raise InvalidParams([{"field": field, "message": str(e)}]) from None
             value, kind = dto.id, dto.kind
@@ -132,7 +186,7 @@ class JobService:
             raise InvalidParams([{"field": field, "message": f"asset is a {kind}, expected {' or '.join(kinds)}"}])
         return value
 
-    def _ingest_dir(self, folder: Path) -> AssetDTO:
+    def _ingest_dir(self, folder: Path, owner: str | None) -> AssetDTO:
         """A local folder (e.g. posed images) travels as a zip asset."""
         import tempfile
         import zipfile
@@ -143,7 +197,7 @@ class JobService:
                 for f in sorted(folder.rglob("*")):
                     if f.is_file():
                         z.write(f, f.relative_to(folder).as_posix())
-            return self.assets.ingest_path(zpath)
+            return self.assets.ingest_path(zpath, owner_id=owner)
 
     def _enqueue(self, job_id: str, priority: int) -> None:
         assert self.queue is not None
@@ -152,31 +206,36 @@ class JobService:
             s.execute(update(Job).where(Job.id == job_id).values(queue_task_id=task_id))
 
     # -- queries -------------------------------------------------------------------------
+    @staticmethod
+    def _visible_job(s: Any, job_id: str) -> Job:
+        """The job if the caller may see it; otherwise NotFound, as if it did not exist."""
+        job = s.get(Job, str(job_id)[:64])
+        if job is None or not viewer().owns(job.owner_id):
+            raise NotFound(f"no job {str(job_id)[:64]}")
+        return job
+
     def get(self, job_id: str) -> JobDTO:
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id}")
+            job = self._visible_job(s, job_id)
             return JobDTO.of(job, [AssetDTO.of(a) for a in job.assets])
 
     def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[JobDTO]:
         if status is not None and status not in JOB_STATUSES:
-            raise StudioError(f"unknown status {status!r}; one of {', '.join(JOB_STATUSES)}")
+            raise StudioError(f"unknown status {status[:32]!r}; one of {', '.join(JOB_STATUSES)}")
         stmt = select(Job).order_by(Job.created_at.desc()).limit(limit).offset(offset)
         if status:
             stmt = stmt.where(Job.status == status)
+        stmt = visible(stmt, Job)
         with self.db.session() as s:
             return [JobDTO.of(j, [AssetDTO.of(a) for a in j.assets]) for j in s.scalars(stmt)]
 
     def counts(self) -> dict[str, int]:
         with self.db.session() as s:
-            return dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            return dict(s.execute(visible(select(Job.status, func.count()), Job).group_by(Job.status)).all())
 
     def preview_path(self, job_id: str) -> Path | None:
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id}")
+            job = self._visible_job(s, job_id)
             return Path(job.preview_path) if job.preview_path else None
 
     # -- control -------------------------------------------------------------------------
@@ -184,9 +243,7 @@ class JobService:
         """Queued: canceled now and its message revoked. Running: flagged; the worker stops
         at its next step. Terminal: unchanged (409)."""
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id}")
+            job = self._visible_job(s, job_id)
             if job.status in TERMINAL:
                 raise Conflict(f"job is already {job.status}")
             task_id = job.queue_task_id
@@ -204,28 +261,28 @@ class JobService:
     def retry(self, job_id: str, *, auto: bool = False) -> JobDTO:
         """A new job with the same engine and params, linked to the old one."""
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id}")
+            job = self._visible_job(s, job_id)
             if job.status not in ("failed", "canceled"):
                 raise Conflict(f"only failed or canceled jobs can be retried (this one is {job.status})")
             engine, params, priority = job.engine, dict(job.params), job.priority
-        return self.submit(engine, params, priority=priority, origin="api", retried_from=job_id, auto_retry=auto)
+            origin, owner = job.origin or "api", job.owner_id
+        return self.submit(engine, params, priority=priority, origin=origin, retried_from=job_id,  # type: ignore[arg-type]
+                           auto_retry=auto, owner_id=owner)
 
     def reproduce(self, asset_id: str) -> JobDTO:
         """Re-run what produced an asset: same engine, params and resolved seed. A batch is
         re-run whole, because batched math differs in the last bit from a batch of one; the
         image at the same index comes back byte-identical (same device and dtype)."""
         with self.db.session() as s:
-            asset = s.get(Asset, asset_id)
-            if asset is None:
-                raise NotFound(f"no asset {asset_id}")
+            asset = s.get(Asset, str(asset_id)[:64])
+            if asset is None or not viewer().owns(asset.owner_id):
+                raise NotFound(f"no asset {str(asset_id)[:64]}")
             job = s.get(Job, asset.job_id) if asset.job_id else None
             meta = dict(asset.meta or {})
         params = meta.get("params")
         if job is None or not isinstance(params, dict):
             raise Conflict("this asset has no recorded generation parameters to reproduce")
-        return self.submit(job.engine, dict(params), origin="api")
+        return self.submit(job.engine, dict(params), origin=job.origin or "api")  # type: ignore[arg-type]
 
     def auto_retry_depth(self, job_id: str) -> int:
         """How many automatic retries lead to this job (stops crash loops)."""
@@ -244,6 +301,10 @@ class JobService:
         ``alive(worker_id)`` answers for workers we can check directly (same host);
         otherwise a heartbeat older than ``stale_after_s`` means dead.
         """
+        with acting_as(LOCAL):  # recovery is the system's work, whoever's jobs they are
+            return self._recover(alive, stale_after_s)
+
+    def _recover(self, alive: "callable[[str], bool]", stale_after_s: float) -> dict[str, list[str]]:
         now = utcnow()
         cutoff = now - timedelta(seconds=stale_after_s)
         interrupted, retried, requeued = [], [], []

@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from storage.db import Database
 from storage.models import Adapter, Asset
-from studio.assets import AssetService, new_id
+from studio.assets import AssetService, new_id, visible
+from studio.auth import viewer
 from studio.errors import Conflict, NotFound, UploadRejected
 
 METHOD_OF_FORMAT = {"kohya": "lora", "diffusers": "lora", "peft": "lora", "studio-shira": "shira",
@@ -30,6 +31,11 @@ def _dto(a: Adapter) -> dict[str, Any]:
             "targets": a.targets, "rank": a.rank, "density": a.density, "trigger": a.trigger,
             "provenance": a.provenance, "previews": a.preview_asset_ids,
             "created_at": a.created_at.isoformat() + "Z" if a.created_at else None}
+
+
+def asset_owner(asset_id: str, s: Any) -> str | None:
+    row = s.get(Asset, asset_id)
+    return row.owner_id if row is not None else None
 
 
 class AdapterLibrary:
@@ -58,7 +64,7 @@ class AdapterLibrary:
             return None
 
     def list(self, method: str | None = None) -> list[dict[str, Any]]:
-        stmt = select(Adapter).order_by(Adapter.created_at.desc())
+        stmt = visible(select(Adapter).order_by(Adapter.created_at.desc()), Adapter)
         if method:
             stmt = stmt.where(Adapter.method == method)
         with self.db.session() as s:
@@ -66,10 +72,15 @@ class AdapterLibrary:
 
     def get(self, ref: str) -> dict[str, Any]:
         with self.db.session() as s:
-            a = s.get(Adapter, ref) or s.scalar(select(Adapter).where(Adapter.name == ref))
-            if a is None:
-                raise NotFound(f"no adapter {ref!r}")
-            return _dto(a)
+            return _dto(self._visible(s, ref))
+
+    @staticmethod
+    def _visible(s: Any, ref: str) -> Adapter:
+        ref = str(ref)[:120]
+        a = s.get(Adapter, ref) or s.scalar(select(Adapter).where(Adapter.name == ref))
+        if a is None or not viewer().owns(a.owner_id):
+            raise NotFound(f"no adapter {ref!r}")
+        return a
 
     def add_from_job(self, sess: Any, asset: Asset, job_id: str, previews: list[str]) -> None:
         """Called inside the job-completion transaction for each 'adapter' artifact."""
@@ -83,7 +94,7 @@ class AdapterLibrary:
                          provenance={"job_id": job_id, "steps": m.get("steps"), "learning_rate": m.get("learning_rate"),
                                      "images": m.get("images"), "seed": m.get("seed"),
                                      "final_loss": m.get("final_loss")},
-                         preview_asset_ids=previews))
+                         preview_asset_ids=previews, owner_id=asset.owner_id))
 
     def import_file(self, stream: BinaryIO, filename: str, *, name: str = "", trigger: str = "",
                     base_model: str = "") -> dict[str, Any]:
@@ -161,7 +172,7 @@ class AdapterLibrary:
                               provenance={"imported_from": Path(filename).name, "keys": len(keys),
                                           "layers_checked": checked,
                                           "converted_from": "peft-shira" if converted else None},
-                              preview_asset_ids=[])
+                              preview_asset_ids=[], owner_id=asset_owner(asset.id, s))
                 s.add(row)
             return self.get(row.id)
         finally:
@@ -169,10 +180,7 @@ class AdapterLibrary:
 
     def remove(self, ref: str) -> None:
         with self.db.session() as s:
-            a = s.get(Adapter, ref) or s.scalar(select(Adapter).where(Adapter.name == ref))
-            if a is None:
-                raise NotFound(f"no adapter {ref!r}")
-            s.delete(a)
+            s.delete(self._visible(s, ref))
 
     @staticmethod
     def _unique_name(sess: Any, base: str) -> str:

@@ -29,17 +29,67 @@ def embedded_model_dir() -> Path:
     return default_model_dir()
 
 
+WEB_MISS = ("model {ref!r} is not available: use 'embedded', a registered model name "
+            "(`studio models register NAME PATH` on the server), or a model folder in the models directory")
+
+
 class ModelManager:
-    def __init__(self, db: Database, cache_size: int = 2, default_ref: str = "embedded") -> None:
+    def __init__(self, db: Database, cache_size: int = 2, default_ref: str = "embedded",
+                 roots: tuple[Path, ...] = ()) -> None:
         self.db = db
+        self.roots = tuple(Path(r).resolve() for r in roots)  # folders a web client may name models in
         self.default_ref = default_ref
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.RLock()
 
     # -- resolution ----------------------------------------------------------------------
-    def resolve(self, ref: str | None) -> ModelSpec:
+    def resolve(self, ref: str | None, *, allow_paths: bool = True) -> ModelSpec:
+        """``allow_paths=False`` (web clients): no path outside the models directory is ever
+        looked at, and every miss gives the same answer, so a client learns nothing about the disk."""
         ref = (ref or self.default_ref).strip()
+        if not allow_paths:
+            return self._resolve_web(ref)
+        try:
+            return self._resolve(ref)
+        except OSError as e:  # e.g. a name longer than the file system allows
+            raise ModelNotFound(f"model {ref[:80]!r} not found ({e.strerror or e})") from None
+
+    def _resolve_web(self, ref: str) -> ModelSpec:
+        miss = ModelNotFound(WEB_MISS.format(ref=ref[:80]))
+        if len(ref) > 255 or "\x00" in ref:
+            raise miss
+        if ref in EMBEDDED:
+            return self._resolve(ref)
+        with self.db.session() as sess:
+            registered = sess.get(ModelRef, ref) is not None
+        try:
+            if registered:
+                return self._resolve(ref)
+            if HUB_ID.match(ref) and ".." not in ref:  # never as a relative path
+                return self._from_hub_cache(ref, ref)
+        except (ModelNotFound, OSError):
+            raise miss from None
+        inside = self.in_roots(ref)
+        if inside is None:
+            raise miss
+        try:
+            return self._from_location(str(inside), ref)
+        except (ModelNotFound, OSError):
+            raise miss from None
+
+    def in_roots(self, location: str) -> Path | None:
+        """``location`` (absolute, or relative to a models directory) if it lies inside one."""
+        for root in self.roots:
+            try:
+                p = (root / location).resolve()
+            except (OSError, ValueError):
+                return None
+            if p != root and root in p.parents:
+                return p
+        return None
+
+    def _resolve(self, ref: str) -> ModelSpec:
         if ref in EMBEDDED:
             try:
                 path = embedded_model_dir()
@@ -87,11 +137,21 @@ class ModelManager:
         return ModelSpec(ref=ref, kind="hub_cache", path=path)
 
     # -- registry ------------------------------------------------------------------------
-    def register(self, name: str, location: str) -> dict[str, Any]:
+    def register(self, name: str, location: str, *, allow_paths: bool = True) -> dict[str, Any]:
+        """``allow_paths=False`` (from the web UI): only a location inside the models directory."""
         name = name.strip()
-        if not name or name in EMBEDDED or "/" in name:
-            raise ValueError("model name must be non-empty, not 'embedded', and contain no '/'")
-        spec = self._from_location(location, name)
+        if not name or name in EMBEDDED or "/" in name or len(name) > 128:
+            raise ValueError("model name must be 1-128 characters, not 'embedded', and contain no '/'")
+        if not allow_paths:
+            inside = self.in_roots(location.strip())
+            if inside is None:
+                raise ValueError(WEB_MISS.format(ref=location[:80]))
+            try:
+                spec = self._from_location(str(inside), name)
+            except (ModelNotFound, OSError):
+                raise ValueError(WEB_MISS.format(ref=location[:80])) from None
+        else:
+            spec = self._from_location(location, name)
         row = ModelRef(name=name, kind=spec.kind, location=str(spec.path if spec.kind != "hub_cache" else location))
         with self.db.session() as sess:
             sess.merge(row)

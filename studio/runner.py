@@ -136,7 +136,7 @@ class JobRunner:
                     raise RuntimeError(f"engine {job.engine} returned an artifact outside its work dir: {path}")
                 meta = dict(art.meta) | {"engine": job.engine, "job_id": job_id}
                 rows.append(self.assets.record(s, path, filename=path.name, kind=art.kind, mime=art.mime,
-                                               job_id=job_id, meta=meta))
+                                               job_id=job_id, meta=meta, owner_id=job.owner_id))
             s.flush()
             if self.library is not None:  # adapters a job produced enter the library
                 previews = [r.id for r in rows if r.kind == "image"]

@@ -11,9 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from fastapi import FastAPI
-
-from studio.access import AccessPolicy, install
+from studio.access import AccessLayer, install
 from studio.api import build_api
 from studio.config import Settings
 from studio.wiring import Services, build
@@ -21,10 +19,14 @@ from studio.wiring import Services, build
 log = logging.getLogger("studio.server")
 
 
-def create_app(services: Services, with_ui: bool = True) -> FastAPI:
+def create_app(services: Services, with_ui: bool = True) -> AccessLayer:
+    """The served ASGI app: REST + pages + Gradio, wrapped whole in the access layer
+    (``.app`` is the inner FastAPI app, e.g. for its route list)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from studio.auth import LOCAL, NOBODY, set_process_default
+
+    set_process_default(NOBODY if services.settings.auth_enabled else LOCAL)
     app = build_api(services)
-    install(app, AccessPolicy(allow_remote=services.settings.insecure_listen))
     if with_ui:
         import gradio as gr
         from fastapi.staticfiles import StaticFiles
@@ -36,10 +38,22 @@ def create_app(services: Services, with_ui: bool = True) -> FastAPI:
         from ui.app import build as build_ui
 
         s = services.settings
-        app = gr.mount_gradio_app(app, build_ui(services), path="/",
+        blocks = build_ui(services)
+        app = gr.mount_gradio_app(app, blocks, path="/",
                                   allowed_paths=[str(s.data_dir / "ui-cache"), str(s.previews_dir)],
+                                  auth_dependency=_gradio_user, max_file_size=s.max_upload_bytes,
                                   footer_links=["api"], show_error=True)
-    return app
+        # Mounted Blocks are never marked launched, and Gradio skips its check that inputs come
+        # from its upload folder until they are: without this, any server path sent as a
+        # FileData input would be read (and ingested as an asset).
+        blocks.has_launched = True
+    return install(app, services)
+
+
+def _gradio_user(request) -> str | None:  # noqa: ANN001 - fastapi.Request
+    """Gradio's own login check: the access layer has already identified the caller."""
+    v = getattr(request.state, "studio_viewer", None)
+    return (v.username or None) if v is not None and v.authenticated else None
 
 
 def spawn_worker(settings: Settings, workers: int) -> subprocess.Popen:
@@ -99,11 +113,31 @@ def serve(settings: Settings, *, worker: bool = True, workers: int | None = None
     import uvicorn
 
     settings.check_bind()
+    share_url = None
+    if settings.share:
+        from studio.tunnel import check_share_client
+
+        check_share_client(settings)  # exits with what to do when the client cannot be had offline
     services = build(settings)
     services.assets.sweep_orphans()
+    if settings.auth_enabled:
+        pw = services.auth.ensure_admin()
+        if pw:  # printed once, to the owner's terminal only (never logged to a file)
+            print(f"Accounts are on. First start: created user 'admin' with password: {pw}\n"
+                  "  (change it with `studio users passwd admin`; add users with `studio users add NAME`)", flush=True)
     app = create_app(services)
     sup = WorkerSupervisor(settings, workers or settings.workers) if worker else None
-    print(f"Studio on http://{settings.host}:{settings.port}/  (data: {settings.data_dir})", flush=True)
+    where = f"http://{settings.host}:{settings.port}/"
+    print(f"Studio on {where}  (data: {settings.data_dir}; accounts {'on' if settings.auth_enabled else 'off'})",
+          flush=True)
+    for u in settings.public_urls:
+        print(f"  public URL: {u}/", flush=True)
+    if settings.share:
+        from studio.tunnel import open_share_tunnel
+
+        share_url = open_share_tunnel(settings)
+        app.allow_public_url(share_url)
+        print(f"  share tunnel: {share_url}", flush=True)
 
     def on_term(*_: object) -> None:  # uvicorn re-raises SIGTERM after its shutdown: end via finally
         raise KeyboardInterrupt

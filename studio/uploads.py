@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +32,21 @@ IMAGE_MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "
 
 
 def sniff(path: Path, filename: str, *, max_image_pixels: int, max_archive_bytes: int) -> Sniffed:
-    """Identify and validate ``path``; raise UploadRejected with a one-line reason."""
+    """Identify and validate ``path``; raise UploadRejected with a one-line reason that names
+    the client's file name, never a server path."""
+    try:
+        return _sniff(Path(path), filename, max_image_pixels=max_image_pixels, max_archive_bytes=max_archive_bytes)
+    except UploadRejected as e:
+        msg = str(e)
+        for p in {str(path), str(Path(path).resolve()), Path(path).name}:
+            msg = msg.replace(p, Path(filename).name[:80] or "upload")
+        raise UploadRejected(msg[:400], e.status_code) from None
+
+
+_HEAVY = threading.BoundedSemaphore(2)  # at most two decodes at once: bounded memory under parallel uploads
+
+
+def _sniff(path: Path, filename: str, *, max_image_pixels: int, max_archive_bytes: int) -> Sniffed:
     with open(path, "rb") as f:
         head = f.read(64)
     size = path.stat().st_size
@@ -74,10 +89,13 @@ def _image(path: Path, max_pixels: int) -> Sniffed:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise UploadRejected(f"image of {w}x{h} pixels exceeds the {max_pixels} pixel limit", 413)
-                im.verify()
-            with Image.open(path) as im:
-                im.load()  # verify() skips pixel data; a truncated file fails here
+                im.verify()  # PNG: walks every chunk and checks its CRC, so truncation fails here
+            with _HEAVY, Image.open(path) as im:
                 frames = getattr(im, "n_frames", 1)
+                if fmt == "JPEG":
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # decode at 1/8: reads it all, 1/64 memory
+                if fmt != "PNG":
+                    im.load()  # a truncated file fails here
     except UploadRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -98,7 +116,9 @@ def _ply(path: Path) -> Sniffed:
         validate_scene_file = None
     if validate_scene_file is not None:
         try:
-            summary = validate_scene_file(path)
+            summary = off_process(validate_scene_file, path)
+        except UploadRejected:
+            raise
         except Exception as e:
             raise UploadRejected(f"invalid Gaussian-splat PLY: {e}", 400) from None
         return Sniffed("splat", "application/x-ply", meta=dict(summary) if isinstance(summary, dict) else {})
@@ -162,3 +182,32 @@ def _zip(path: Path, max_bytes: int) -> Sniffed:
     except zipfile.BadZipFile as e:
         raise UploadRejected(f"corrupt zip archive: {e}", 400) from None
     return Sniffed("archive", "application/zip", meta={"entries": len(infos), "uncompressed": total})
+
+
+_POOL: list[Any] = []
+_POOL_LOCK = threading.Lock()
+PARSE_TIMEOUT_S = 120.0
+
+
+def off_process(fn: Any, *args: Any, timeout: float = PARSE_TIMEOUT_S) -> Any:
+    """Run a heavy parser in a helper process: a 20 MB ASCII PLY takes seconds of pure
+    Python, which in the web process would hold the GIL and stall every other request.
+    A crash or timeout of the helper rejects the file; the pool is rebuilt next time."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")))
+        pool = _POOL[0]
+    try:
+        return pool.submit(fn, *args).result(timeout=timeout)
+    except (cf.TimeoutError, cf.process.BrokenProcessPool) as e:
+        with _POOL_LOCK:
+            if _POOL and _POOL[0] is pool:
+                _POOL.clear()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        raise UploadRejected("file took too long to check" if isinstance(e, cf.TimeoutError)
+                             else "file could not be checked (the checker ran out of memory?)", 413) from None

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from storage.db import Database
 from storage.files import AssetFileStore
 from studio.assets import AssetService
+from studio.auth import AuthService
 from studio.config import Settings
 from studio.jobs import JobService
 from studio.library import AdapterLibrary
 from studio.model_manager import ModelManager
 from studio.queue import JobQueue
+from studio.sharing import ShareService
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Services:
     models: ModelManager
     queue: JobQueue
     library: AdapterLibrary
+    auth: AuthService
+    shares: ShareService
 
     def close(self) -> None:
         self.db.dispose()
@@ -41,9 +45,11 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     files = AssetFileStore(settings.assets_dir)
     assets = AssetService(settings, db, files)
     queue = JobQueue(settings)
-    models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model)
+    models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model,
+                          roots=settings.model_roots)
     jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries, models=models)
-    return Services(settings, db, assets, jobs, models, queue, AdapterLibrary(db, assets, models.resolve))
+    library = AdapterLibrary(db, assets, lambda ref: models.resolve(ref, allow_paths=False))
+    return Services(settings, db, assets, jobs, models, queue, library, AuthService(db), ShareService(db, assets))
 
 
 def new_worker_id(role: str = "worker") -> str:

@@ -21,6 +21,27 @@ os.environ["STUDIO_EXTRA_ENGINES"] = TEST_ENGINES
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _loopback_testclient() -> None:
+    """Starlette's TestClient calls itself host 'testserver' from client 'testclient'; the access
+    layer refuses both (foreign Host, non-loopback client). Tests talk like a browser on this
+    machine instead: Host 127.0.0.1, client 127.0.0.1."""
+    import starlette.testclient as tc
+
+    orig = tc.TestClient.__init__
+    if getattr(orig, "_studio_loopback", False):
+        return
+
+    def init(self, app, base_url: str = "http://127.0.0.1:7860", *args, **kwargs):  # noqa: ANN001
+        kwargs.setdefault("client", ("127.0.0.1", 50000))
+        orig(self, app, base_url, *args, **kwargs)
+
+    init._studio_loopback = True  # type: ignore[attr-defined]
+    tc.TestClient.__init__ = init  # type: ignore[method-assign]
+
+
+_loopback_testclient()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

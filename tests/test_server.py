@@ -105,11 +105,15 @@ def test_queued_jobs_survive_a_restart(tmp_path: Path) -> None:
         srv2.stop()
 
 
-def test_refuses_non_loopback_bind_without_flag(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "launch.py", "--host", "0.0.0.0", "--port", str(free_port()),
-                        "--data-dir", str(tmp_path)], cwd=ROOT, env=studio_env(), capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode != 0 and "insecure-listen" in r.stderr
+def test_refuses_open_network_without_accounts(tmp_path: Path) -> None:
+    """Off loopback accounts are on by themselves; they cannot be switched off, and the old
+    --insecure-listen escape hatch is gone with a message saying so."""
+    for extra, said in ((["--host", "0.0.0.0", "--auth", "off"], "accounts off"),
+                        (["--public-url", "https://studio.example.com", "--auth", "off"], "accounts off"),
+                        (["--host", "0.0.0.0", "--insecure-listen"], "insecure-listen is gone")):
+        r = subprocess.run([sys.executable, "launch.py", "--port", str(free_port()), "--data-dir", str(tmp_path),
+                            *extra], cwd=ROOT, env=studio_env(), capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and said in r.stderr, (extra, r.stderr[-500:])
 
 
 def test_cli_run_writes_files_and_rejects_bad_params(tmp_path: Path) -> None:

@@ -131,9 +131,10 @@ def test_library_import_checks_base_model_and_converts_peft_shira(services, tiny
     layer = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
     wrong = save({f"{layer}.lora_down.weight": torch.zeros(2, in_f * 2), f"{layer}.lora_up.weight": torch.zeros(out_f, 2),
                   f"{layer}.alpha": torch.tensor(2.0)})
+    services.models.register("tiny", str(tiny_model))  # web clients name models, never server paths
     with TestClient(create_app(services, with_ui=False)) as c:
         before = len(list(services.settings.assets_dir.rglob("*")))
-        r = c.post("/api/v1/adapters", files={"file": ("wrong.safetensors", wrong)}, data={"base_model": str(tiny_model)})
+        r = c.post("/api/v1/adapters", files={"file": ("wrong.safetensors", wrong)}, data={"base_model": "tiny"})
         assert r.status_code == 400 and "does not fit the base layer" in r.json()["detail"], r.text
         z = peft_shira_zip(tiny_model)
         r = c.post("/api/v1/adapters", files={"file": ("peft-shira.zip", z)})
@@ -141,7 +142,7 @@ def test_library_import_checks_base_model_and_converts_peft_shira(services, tiny
         r = c.post("/api/v1/adapters", files={"file": ("x.zip", z)}, data={"base_model": "/no/such/model"})
         assert r.status_code == 400 and "base_model" in r.json()["detail"], r.text
         assert len(list(services.settings.assets_dir.rglob("*"))) == before
-        r = c.post("/api/v1/adapters", files={"file": ("peft-shira.zip", z)}, data={"base_model": str(tiny_model)})
+        r = c.post("/api/v1/adapters", files={"file": ("peft-shira.zip", z)}, data={"base_model": "tiny"})
         assert r.status_code == 201, r.text
         a = r.json()
         assert a["method"] == "shira" and a["format"] == "studio-shira" and a["name"] == "peft-shira"

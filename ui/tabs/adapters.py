@@ -106,7 +106,7 @@ def build_tab(services: Services) -> None:
 
         table.select(pick, outputs=[previews, detail])
 
-        def make_grid(p: str, m: str, s: float, md: str, *vals: Any) -> tuple[list[str], str]:
+        def make_grid(request: gr.Request, p: str, m: str, s: float, md: str, *vals: Any) -> tuple[list[str], str]:
             chosen = [(vals[2 * i], vals[2 * i + 1]) for i in range(SLOTS) if vals[2 * i]]
             if not p.strip():
                 raise gr.Error("type a prompt")

@@ -78,7 +78,7 @@ def build_tab(services: Services) -> None:
                     cancel = gr.Button("Cancel", variant="stop", elem_id="gen-cancel", scale=1)
                 with gr.Accordion("Register a model", open=False):
                     reg_name = gr.Textbox(label="Name", elem_id="gen-reg-name")
-                    reg_path = gr.Textbox(label="Diffusers folder, .safetensors file, or cached hub id",
+                    reg_path = gr.Textbox(label="Diffusers folder or .safetensors file inside the models directory, or a cached hub id",
                                           elem_id="gen-reg-path")
                     reg_btn = gr.Button("Register", elem_id="gen-reg-submit")
                     reg_msg = gr.Markdown()
@@ -154,8 +154,12 @@ def build_tab(services: Services) -> None:
         use_seed.click(seed_of, inputs=selected, outputs=comps["seed"])
 
         def register(name: str, path: str) -> tuple[str, Any]:
-            try:
-                m = services.models.register(name, path)
+            from studio.auth import viewer
+
+            if not viewer().is_admin:
+                return "Not registered: only an admin can register models", gr.update()
+            try:  # from the browser: only folders/files inside the models directory
+                m = services.models.register(name, path, allow_paths=False)
             except Exception as e:  # ModelNotFound / ValueError: shown to the user
                 return f"Not registered: {e}", gr.update()
             return f"Registered **{m['name']}** ({m['kind']})", gr.update(choices=model_choices(services),
