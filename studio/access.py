@@ -38,7 +38,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 SESSION_COOKIE = "studio_session"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 SAFE_METHODS = {"GET", "HEAD"}
-PUBLIC_EXACT = {"/healthz", "/login", "/logout", "/favicon.ico"}
+PUBLIC_EXACT = {"/healthz", "/login", "/logout"}
 PUBLIC_PREFIXES = ("/s/",)
 UPLOAD_PATHS = {"/api/v1/assets", "/api/v1/adapters", "/gradio_api/upload"}
 

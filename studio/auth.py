@@ -93,8 +93,10 @@ class LoginLimiter:
     Failures only count: a correct password after the window still works, but inside a
     locked window even a correct password is refused (so guessing cannot be confirmed)."""
 
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0, max_keys: int = 10000) -> None:
-        self.max_failures = max_failures
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0, max_keys: int = 10000,
+                 per_client: int = 20) -> None:
+        self.max_failures = max_failures  # per account
+        self.per_client = per_client  # per address: higher, since people share addresses (NAT)
         self.window_s = window_s
         self.max_keys = max_keys
         self._fails: dict[str, deque[float]] = {}
@@ -111,7 +113,7 @@ class LoginLimiter:
         with self._lock:
             for k in keys:
                 q = self._prune(k, now)
-                if len(q) >= self.max_failures:
+                if len(q) >= (self.per_client if k.startswith("client:") else self.max_failures):
                     wait = int(q[0] + self.window_s - now) + 1
                     raise RateLimited(f"too many failed logins; try again in {wait} s", wait)
 

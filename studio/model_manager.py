@@ -78,6 +78,20 @@ class ModelManager:
         except (ModelNotFound, OSError):
             raise miss from None
 
+    def in_folders(self) -> list[dict[str, Any]]:
+        """Models found in the models directories (one level deep): usable by name from the web."""
+        out = []
+        for root in self.roots:
+            try:
+                entries = sorted(root.iterdir())[:500]
+            except OSError:
+                continue
+            for p in entries:
+                if (p.is_dir() and (p / "model_index.json").is_file()) or p.suffix.lower() == ".safetensors":
+                    out.append({"name": p.name, "kind": "diffusers" if p.is_dir() else "single_file",
+                                "location": f"models/{p.name}", "family": ""})
+        return out
+
     def in_roots(self, location: str) -> Path | None:
         """``location`` (absolute, or relative to a models directory) if it lies inside one."""
         for root in self.roots:
@@ -103,6 +117,10 @@ class ModelManager:
             if row is not None:
                 spec = self._from_location(row.location, ref)
                 return ModelSpec(ref=ref, kind=spec.kind, path=spec.path, sha256=row.sha256)
+        if not Path(ref).expanduser().is_absolute():  # a name inside the models directory wins over the cwd
+            inside = self.in_roots(ref)
+            if inside is not None and inside.exists():
+                return self._from_location(str(inside), ref)
         return self._from_location(ref, ref)
 
     def _from_location(self, location: str, ref: str) -> ModelSpec:

@@ -15,6 +15,14 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
+def served_model(studio_server, tiny_model) -> str:  # noqa: ANN001
+    """Browsers name models, never server paths: the tiny model sits in the models directory."""
+    dest = studio_server.data_dir / "models" / "tiny-sd"
+    if not dest.exists():
+        shutil.copytree(tiny_model, dest)
+    return "tiny-sd"
+
+
 @pytest.fixture(scope="module")
 def browser():  # noqa: ANN201
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
@@ -65,7 +73,8 @@ def test_generate_tab_renders_and_cancels(studio_server, browser, tiny_model, tm
     page.goto(studio_server.url + "/", wait_until="domcontentloaded")
     page.wait_for_selector("#gen-prompt", timeout=60000)
     page.locator("#gen-prompt textarea").fill("a red star on a blue background")
-    page.locator("#gen-model input").fill(str(tiny_model))
+    model = served_model(studio_server, tiny_model)
+    page.locator("#gen-model input").fill(model)
     page.locator("#gen-model input").press("Enter")
     steps = page.locator("#gen-steps input[type=number]")
     steps.fill("6")
@@ -75,7 +84,7 @@ def test_generate_tab_renders_and_cancels(studio_server, browser, tiny_model, tm
     page.wait_for_function("() => document.querySelectorAll('#gen-gallery img').length >= 1", timeout=20000)
     done = [j for j in httpx.get(studio_server.url + "/api/v1/jobs", params={"status": "completed"}).json()
             if j["engine"] == "t2i"]
-    assert done and done[0]["params"]["steps"] == 6 and done[0]["params"]["model"] == str(tiny_model)
+    assert done and done[0]["params"]["steps"] == 6 and done[0]["params"]["model"] == model
     # a long run, canceled from the UI
     steps.fill("150")
     steps.press("Tab")
@@ -124,19 +133,20 @@ def test_adapters_tab_import_and_ab_grid(studio_server, browser, tiny_model, tmp
                      adapter_name="x")
     lora = tmp_path / "browser-style.safetensors"
     export_kohya(unet, lora, "x")
+    model = served_model(studio_server, tiny_model)
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(studio_server.url + "/", wait_until="domcontentloaded")
     page.get_by_role("tab", name="Adapters").click(timeout=60000)
     page.get_by_text("Import an adapter").click()
     page.locator("#ad-import-file input[type=file]").set_input_files(str(lora))
-    page.locator("#ad-import-base textarea, #ad-import-base input").first.fill(str(tiny_model))
+    page.locator("#ad-import-base textarea, #ad-import-base input").first.fill(model)
     page.locator("#ad-import").click()
     page.get_by_text("Imported").wait_for(timeout=30000)
     page.wait_for_function("() => document.querySelector('#ad-table').innerText.includes('browser-style')",
                            timeout=20000)
     page.get_by_role("button", name="Refresh library").click()
     page.locator("#ad-prompt textarea, #ad-prompt input").first.fill("a red star")
-    page.locator("#ad-model textarea, #ad-model input").first.fill(str(tiny_model))
+    page.locator("#ad-model textarea, #ad-model input").first.fill(model)
     slot = page.locator("#ad-slot-0 input")
     slot.click()
     slot.fill("browser-style")

@@ -19,7 +19,7 @@ LAYOUT_FIELDS = ["prompt", "negative_prompt", "scheduler", "steps", "guidance_sc
 
 def model_choices(services: Services) -> list[tuple[str, str]]:
     return [("embedded (built-in world model)", "embedded")] + [
-        (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list()]
+        (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list() + services.models.in_folders()]
 
 
 def adapter_choices(services: Services) -> list[tuple[str, str]]:
