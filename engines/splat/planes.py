@@ -37,7 +37,7 @@ class PlaneConfig:
     max_flatness: float = 0.25  # s_min / s_mid
     angle_deg: float = 10.0  # normal agreement
     dist_rel: float = 0.01  # plane-distance tolerance, fraction of the scene diagonal
-    knn: int = 10
+    knn: int = 16
     min_count: int = 30  # members for a node to be a plane instance
     max_planes: int = 64
     merge: bool = True  # tree merging above level 1 (off = connected components only, for ablation)
@@ -166,9 +166,10 @@ def _merge_cost(A: _Node, B: _Node, tau: float, cos_t: float) -> float | None:
     return var / (tau * tau) + (1 - c) / max(1 - cos_t, 1e-9)
 
 
-def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
-                 check: Any = None) -> PlaneResult:
-    """Group Gaussians into plane instances. ``check()`` is called between phases (cancel hook)."""
+def parse_planes_tree(scene: GaussianScene, cfg: PlaneConfig | None = None,
+                      check: Any = None) -> PlaneResult:
+    """Wave-1 parser (kept for ablation): shortest-axis normals, k-NN segments, moment-matched
+    tree merging. Exact on clean synthetic scenes; fragments on reconstructed ones (issue 11)."""
     cfg = cfg or PlaneConfig()
     check = check or (lambda: None)
     N = len(scene)
@@ -341,6 +342,221 @@ def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None,
     lab_c = remap[lab_c]
     labels[cand] = lab_c
     return PlaneResult(planes, labels, merges)
+
+
+def surface_normals(P: np.ndarray, W: np.ndarray, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normal of the surface the Gaussians form around each one, and its curvature.
+
+    Weighted PCA of each centre's k nearest centres (itself included): the same quantity a
+    normal map rendered from the splat's depth measures, and unlike a Gaussian's own shortest
+    axis it does not depend on that Gaussian being flat or well oriented.
+    Returns normals [N, 3] (unit, sign arbitrary) and curvature [N] = l0 / (l0 + l1 + l2).
+    """
+    idx = np.concatenate([np.arange(len(P))[:, None], nb], 1)  # [N, k+1]
+    Q = P[idx]  # [N, k+1, 3]
+    w = W[idx]
+    w = w / np.maximum(w.sum(1, keepdims=True), 1e-30)  # [N, k+1]
+    mu = np.einsum("nk,nki->ni", w, Q)  # [N, 3]
+    D = Q - mu[:, None]
+    C = np.einsum("nk,nki,nkj->nij", w, D, D)  # [N, 3, 3]
+    ev, evec = np.linalg.eigh(C)  # ascending eigenvalues
+    return evec[:, :, 0], ev[:, 0] / np.maximum(ev.sum(1), 1e-30)
+
+
+def _fit_plane(P: np.ndarray, W: np.ndarray, ref: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """Weighted least-squares plane through points [M, 3]: (unit normal, offset, eigenvalues asc)."""
+    w = W / max(float(W.sum()), 1e-30)
+    mu = (w[:, None] * P).sum(0)
+    D = P - mu
+    ev, evec = np.linalg.eigh((w[:, None] * D).T @ D)
+    n = evec[:, 0]
+    if ref is not None and n @ ref < 0:
+        n = -n
+    return n, float(n @ mu), ev
+
+
+def parse_planes(scene: GaussianScene, cfg: PlaneConfig | None = None, check: Any = None) -> PlaneResult:
+    """Plane instances of a 3DGS scene, robust to what real captures do (issue 11).
+
+    1. Opaque Gaussians of any shape are candidates (non-flat ones lie on walls too).
+    2. Each gets a *surface* normal and curvature from its neighbourhood (``surface_normals``,
+       PGS's rendered-normal cue without a renderer pass); a flat Gaussian's own shortest axis is
+       averaged in only where it agrees.
+    3. Planes are extracted one at a time: hypotheses from low-curvature seeds are scored by the
+       opacity mass that is both within the distance tolerance and normal-consistent (a
+       descriptor test, so a slanted plane cannot steal a wall's points along their common
+       line); the winner is refitted by weighted least squares on its consensus, which is
+       removed. Floaters never reach consensus: they are off every surface.
+    4. Near-duplicate planes (within half the angle, same offset) are merged, every candidate is
+       assigned to the nearest plane whose adaptive thickness and extent it falls in (normal must
+       agree unless its neighbourhood is too curved to say), and each plane is refitted on its
+       trimmed members.
+
+    Tolerances are relative to the robust scene diagonal, so scale does not matter.
+    ``check()`` is called between phases (cancel hook).
+    """
+    cfg = cfg or PlaneConfig()
+    check = check or (lambda: None)
+    N = len(scene)
+    labels = -np.ones(N, int)
+    cand = np.nonzero(scene.opacities > cfg.min_opacity)[0]
+    if len(cand) < max(cfg.min_count, 4):
+        return PlaneResult([], labels)
+    lo, hi = scene.bounds()
+    diag = float(np.linalg.norm(hi - lo)) or 1.0
+    centre = (lo + hi) / 2
+    tau = cfg.dist_rel * diag
+    cos_t = math.cos(math.radians(cfg.angle_deg))
+    P = scene.means[cand].astype(np.float64)  # [M, 3]
+    W = scene.opacities[cand].astype(np.float64)  # [M] opacity mass (area would favour big junk)
+    M = len(P)
+    nb, nd = knn(P, max(cfg.knn, 8))
+    check()
+    Ns, curv = surface_normals(P, W, nb)  # [M, 3], [M]
+    ax = scene_normals(scene)[cand]
+    ss = np.sort(np.exp(scene.log_scales[cand].astype(np.float64)), 1)
+    flat = ss[:, 0] / np.maximum(ss[:, 1], 1e-12) < cfg.max_flatness
+    c = (ax * Ns).sum(1)
+    agree = flat & (np.abs(c) >= cos_t)
+    Ns[agree] = Ns[agree] + np.sign(c[agree])[:, None] * ax[agree]
+    Ns /= np.maximum(np.linalg.norm(Ns, axis=1, keepdims=True), 1e-12)
+    cos_45 = math.cos(math.radians(45.0))
+
+    def agrees(n: np.ndarray) -> np.ndarray:
+        """[M] normal-consistent with plane normal n: the surface normal, or (flat Gaussians) the
+        own shortest axis. Either cue alone fails somewhere: axes on reconstructions, surface
+        normals on small clean faces whose neighbourhoods reach over an edge."""
+        return (np.abs(Ns @ n) >= cos_t) | (flat & (np.abs(ax @ n) >= cos_t))
+    check()
+    # --- 3: sequential consensus extraction
+    rng = np.random.default_rng(0)
+    free = np.ones(M, bool)
+    fits: list[tuple[np.ndarray, float]] = []
+    min_mass = cfg.min_count * float(np.median(W))
+    for _ in range(cfg.max_planes):
+        R = np.nonzero(free)[0]
+        if len(R) < cfg.min_count:
+            break
+        Rs = R if len(R) <= cfg.max_graph else rng.choice(R, cfg.max_graph, replace=False)
+        Rs = Rs if len(Rs) <= 20000 else rng.choice(Rs, 20000, replace=False)  # scoring subset
+        pool = R[curv[R] <= np.median(curv[R])]
+        S = rng.choice(pool, min(96, len(pool)), replace=False)  # seeds [S]
+        ns = Ns[S]  # [S, 3]
+        offs = (ns * P[S]).sum(1)  # [S]
+        d = np.abs(P[Rs] @ ns.T - offs[None])  # [|Rs|, S]
+        ok = (d <= tau) & ((np.abs(Ns[Rs] @ ns.T) >= cos_t) | (flat[Rs, None] & (np.abs(ax[Rs] @ ns.T) >= cos_t)))
+        sup = (ok * W[Rs, None]).sum(0) * (len(R) / len(Rs))
+        b = int(sup.argmax())
+        if sup[b] < min_mass:
+            break
+        n, off = ns[b], float(offs[b])
+        inl = np.zeros(M, bool)
+        for _it in range(4):
+            inl = free & (np.abs(P @ n - off) <= tau) & agrees(n)
+            if inl.sum() < 3:
+                break
+            n, off, ev = _fit_plane(P[inl], W[inl], n)
+        if W[inl].sum() < min_mass or inl.sum() < cfg.min_count:
+            # the seed's plane does not hold: retire its consensus so it is not drawn again
+            free[S[b]] = False
+            free[inl] = False
+            continue
+        fits.append((n, off))
+        # retire the plane's whole slab inside its extent, not only the normal-consistent core:
+        # on a reconstructed wall many Gaussians have noisy surface normals, and left free they
+        # would seed tilted copies of the same wall. Only clearly crossing ones (> 45 deg) stay.
+        u, v = _basis(n)
+        qu, qv = P[inl] @ u, P[inl] @ v
+        margin = 2 * float(np.median(nd[:, -1]))
+        pu, pv = P @ u, P @ v
+        slab = free & (np.abs(P @ n - off) <= tau) & (np.abs(Ns @ n) >= cos_45) & \
+            (pu >= qu.min() - margin) & (pu <= qu.max() + margin) & (pv >= qv.min() - margin) & (pv <= qv.max() + margin)
+        free[inl | slab] = False
+        check()
+    # --- 4: merge duplicates, assign, refit
+    merged: list[tuple[np.ndarray, float]] = []
+    cos_half = math.cos(math.radians(cfg.angle_deg / 2))
+    for n, off in fits:
+        for j, (m_n, m_off) in enumerate(merged):
+            sg = 1.0 if n @ m_n >= 0 else -1.0
+            if abs(n @ m_n) >= cos_half and abs(sg * off - m_off) <= tau:
+                break
+        else:
+            merged.append((n, off))
+    lab = -np.ones(M, int)
+    planes: list[dict[str, Any]] = []
+    if merged:
+        for _round in range(2):  # assign, refit, assign again with the refitted planes
+            normals = np.stack([f[0] for f in merged])  # [K, 3]
+            offs = np.array([f[1] for f in merged])  # [K]
+            dist = np.abs(P @ normals.T - offs[None])  # [M, K]
+            cosn = np.abs(Ns @ normals.T)  # [M, K]
+            cosa = np.abs(ax @ normals.T)  # [M, K] own shortest axes
+            agree_k = (cosn >= cos_t) | (flat[:, None] & (cosa >= cos_t))
+            core = (dist <= tau) & agree_k
+            thick, boxes = [], []
+            margin = 2 * float(np.median(nd[:, -1]))
+            for k, n in enumerate(normals):
+                m = core[:, k]
+                wide = (dist[:, k] <= 3 * tau) & agree_k[:, k]  # untruncated residuals
+                mad = 1.4826 * float(np.median(dist[wide, k])) if wide.sum() >= 3 else tau
+                thick.append(min(max(3.0 * mad, 2 * tau), 3.0 * tau))  # 3 sigma, at least 2 tau as in wave 1
+                u, v = _basis(n)
+                band = dist[:, k] <= tau  # extent from the whole slab: the core can miss rough patches
+                q = P[band] if m.sum() >= 3 else P[:0]
+                if len(q):
+                    boxes.append([*np.percentile(q @ u, [1, 99]), *np.percentile(q @ v, [1, 99])])
+                else:
+                    boxes.append([np.inf, -np.inf, np.inf, -np.inf])
+            th = np.array(thick)  # [K]
+            bx = np.array(boxes)  # [K, 4]
+            U = np.stack([_basis(n)[0] for n in normals], 1)  # [3, K]
+            V = np.stack([_basis(n)[1] for n in normals], 1)
+            qu, qv = P @ U, P @ V  # [M, K]
+            inside = (qu >= bx[:, 0] - margin) & (qu <= bx[:, 1] + margin) & \
+                     (qv >= bx[:, 2] - margin) & (qv <= bx[:, 3] + margin)
+            # distance (in units of each plane's thickness) and extent decide. The surface
+            # normals already chose the planes; using them again here (as a cost term or a veto
+            # of > 45 deg) mislabelled box edges, where neighbourhood normals blend two faces,
+            # and dropped wall Gaussians whose neighbourhoods are locally rough (dev set).
+            valid = (dist <= th[None]) & inside
+            cost = np.where(valid, dist / th[None], np.inf)
+            lab = np.where(np.isfinite(cost.min(1)), cost.argmin(1), -1)
+            new = []
+            for k, (n, off) in enumerate(merged):
+                m = np.nonzero(lab == k)[0]
+                if len(m) >= 3:
+                    r = np.abs(P[m] @ n - off)
+                    keep = m[r <= np.percentile(r, 80)] if len(m) >= 10 else m  # trimmed refit
+                    n, off, _ = _fit_plane(P[keep], W[keep], n)
+                new.append((n, off))
+            merged = new
+            check()
+        for k, (n, off) in enumerate(merged):
+            m = np.nonzero(lab == k)[0]
+            if len(m) < cfg.min_count:
+                lab[m] = -1
+                continue
+            mu = (W[m, None] * P[m]).sum(0) / W[m].sum()
+            if n @ (centre - mu) < 0:
+                n, off = -n, -off
+            u, v = _basis(n)
+            pu, pv = (P[m] - mu) @ u, (P[m] - mu) @ v
+            u0, u1 = np.percentile(pu, [1, 99])
+            v0, v1 = np.percentile(pv, [1, 99])
+            cc = mu + u * (u0 + u1) / 2 + v * (v0 + v1) / 2
+            cc = cc - n * (n @ cc - off)  # on the plane
+            planes.append({
+                "normal": [float(x) for x in n], "offset": float(off), "count": int(len(m)),
+                "extent": [float(u1 - u0), float(v1 - v0)], "center": [float(x) for x in cc],
+                "u": [float(x) for x in u], "v": [float(x) for x in v], "_k": k,
+            })
+    planes.sort(key=lambda p_: -p_["count"])
+    remap = -np.ones(len(merged) + 1, int)  # fit index -> output index; the last slot keeps -1
+    for i, p_ in enumerate(planes):
+        remap[p_.pop("_k")] = i
+    labels[cand] = remap[lab]
+    return PlaneResult(planes[:cfg.max_planes], labels)
 
 
 def _basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,3 +20,10 @@ def test_bench_quick_prints_one_json_object(capsys: pytest.CaptureFixture[str]) 
     assert doc["planes"]["ours"]["planes_found"] == 2
     assert set(doc["reconstruct"]) >= {"alpha", "wsr"} and doc["reconstruct"]["alpha"]["psnr_test"] > 0
     assert doc["targets_met"]["sample_256_lt_200ms"] is None  # not measured at 256 in quick mode
+    dev = doc["planes_dev"]  # quick: one tiny reconstruction, a smoke test of the dev-set plumbing
+    cell = dev["scenes"]["corner-0"]
+    assert set(cell) >= {"recon", "noisy", "floaters", "scaled"}
+    for v in ("recon", "scaled"):
+        assert set(cell[v]) >= {"ours", "open3d_ransac", "open3d_patches", "ahead_of_open3d"}
+        assert {"goals_met", "worst_err_deg", "max_instances", "assigned_on_big"} <= set(cell[v]["ours"])
+    assert dev["summary"]["cells"] == 4
