@@ -106,7 +106,7 @@ class SplatRender(Engine):
 class SplatPlanes(Engine):
     name = "splat-planes"
     title = "Splat planes"
-    description = ("Find plane instances in a 3DGS scene (PGS-style hierarchical merging): planes.json, a "
+    description = ("Find plane instances in a 3DGS scene (PGS-style, robust to real captures): planes.json, a "
                    "plane-coloured render and the planes as a mesh.")
     params_model = PlanesParams
     idempotent = True
@@ -140,7 +140,7 @@ class SplatPlanes(Engine):
         ipath = _save_png(img, ctx.work_dir / "planes.png")
         mpath = write_plane_mesh(res.planes, ctx.work_dir / f"planes.{params.mesh_format}")
         meta = {"n_planes": len(res.planes), "n_gaussians": len(scene),
-                "assigned": int((res.labels >= 0).sum()), "tree_merges": len(res.merges)}
+                "assigned": int((res.labels >= 0).sum())}
         ctx.progress(3, 3, "done")
         mime = "application/x-ply" if params.mesh_format == "ply" else "model/obj"
         return EngineResult([

@@ -47,7 +47,7 @@ class PlanesParams(CameraParams):
                             description="max distance to a plane, as a fraction of the scene diagonal")
     min_opacity: float = Field(0.3, ge=0.0, le=1.0, description="ignore Gaussians more transparent than this")
     max_flatness: float = Field(0.25, ge=0.01, le=1.0,
-                                description="only Gaussians with smallest/middle scale below this are planar")
+                                description="Gaussians with smallest/middle scale below this also vote with their own shortest axis")
     min_count: int = Field(30, ge=3, le=1_000_000, description="smallest plane instance, in Gaussians")
     max_planes: int = Field(64, ge=1, le=1024, description="keep at most this many planes (largest first)")
     mode: Literal["alpha", "wsr"] = Field("alpha", description="renderer for the coloured plane render")

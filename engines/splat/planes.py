@@ -1,19 +1,17 @@
-"""Planar parsing of a 3DGS scene (PGS-style, training-free) plus an open3d baseline.
+"""Planar parsing of a 3DGS scene (PGS-style, training-free) plus open3d baselines.
 
-PGS (Zanjani et al. 2025) groups Gaussians into plane instances by hierarchical,
-probabilistic merging in a Gaussian mixture tree. Without SAM descriptors we use geometry:
+PGS (Zanjani et al. 2025) groups Gaussians into plane instances with learned plane descriptors
+and rendered normals. Without SAM descriptors we use geometry, built to survive what real
+captures do (issue 11): Gaussians on a wall are not all flat, their shortest axes are noisy,
+density is uneven, floaters sit in front and scale is arbitrary.
 
-1. Flat, opaque Gaussians get a normal (smallest scale axis) and a weight (opacity x area).
-2. Leaves -> segments: a k-NN graph over centres keeps edges whose two Gaussians agree in
-   normal and lie in each other's plane (tolerances relative to the scene size), and its
-   connected components become the first tree level.
-3. Segments -> planes: adjacent nodes are merged greedily, cheapest first, by moment
-   matching (each node is the mixture's moments: weight, mean, scatter, normal scatter).
-   A merge is accepted only if the merged node is still a plane: its thickness along its
-   normal stays within tolerance (a Gaussian likelihood test) and the normals agree.
-   The merge history is the tree; the roots with enough members are plane instances.
-4. Every remaining flat Gaussian is assigned to the most probable plane it is
-   consistent with (distance, normal, inside the plane's extent), or -1.
+``parse_planes`` (default): neighbourhood surface normals (what a rendered normal map measures)
+plus the own axes of flat Gaussians where they agree -> consensus extraction of one plane at a
+time from low-curvature seeds -> the plane's slab is retired -> duplicates merged -> every opaque
+Gaussian assigned by distance within an adaptive thickness and the plane's extent -> trimmed
+weighted refit. ``parse_planes_tree`` is the wave-1 parser (shortest axes, k-NN segments,
+moment-matched tree merging), kept for ablation: exact on clean synthetic scenes, fragmented on
+reconstructed ones. Dev set and scoring: ``engines/splat/devset.py``.
 
 Plane convention: ``normal . x = offset``, normal oriented toward the scene centre.
 """
