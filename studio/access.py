@@ -315,14 +315,18 @@ class AccessLayer:
                if not k.lower().startswith(b"access-control-") and k.lower() not in (
                    b"x-frame-options", b"x-content-type-options", b"referrer-policy")]
         names = {k.lower() for k, _ in out}
+        # the splat viewer is embedded by the Splat tab and by share pages (same origin only)
+        framable = path.startswith("/static/splat/") or (path.startswith("/s/") and path.endswith("/viewer.html"))
         ctype = next((v for k, v in out if k.lower() == b"content-type"), b"").lower()
         if b"content-security-policy" not in names:
             is_file = path.startswith(("/api/v1/assets/", "/gradio_api/file=", "/file=")) or \
                 (path.startswith("/s/") and "/f/" in path)
             csp = FILE_CSP if is_file or not ctype.startswith(b"text/html") else PAGE_CSP
+            if framable:
+                csp = csp.replace("frame-ancestors 'none'", "frame-ancestors 'self'")
             out.append((b"content-security-policy", csp.encode()))
-        out += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                (b"referrer-policy", b"no-referrer"), (b"cross-origin-resource-policy", b"same-origin")]
+        out += [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"SAMEORIGIN" if framable else b"DENY"),
+                (b"referrer-policy", b"same-origin"), (b"cross-origin-resource-policy", b"same-origin")]
         return out
 
     async def respond(self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,

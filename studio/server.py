@@ -32,8 +32,9 @@ def create_app(services: Services, with_ui: bool = True) -> AccessLayer:
         from fastapi.staticfiles import StaticFiles
 
         static = Path(__file__).resolve().parents[1] / "ui" / "static"
-        if static.is_dir():  # the in-browser viewers (WebGL splat viewer)
-            app.mount("/static", StaticFiles(directory=static), name="static")
+        for sub in sorted(p for p in static.iterdir() if p.is_dir()) if static.is_dir() else []:
+            # the in-browser viewers (WebGL splat viewer); /static itself stays Gradio's (fonts, scripts)
+            app.mount(f"/static/{sub.name}", StaticFiles(directory=sub), name=f"static-{sub.name}")
 
         from ui.app import build as build_ui
 

@@ -15,8 +15,10 @@ from ui.tabs import adapters, gallery, generate, queue, run, splat
 
 def build(services: Services) -> gr.Blocks:
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
-        gr.Markdown(f"## Studio <small>v{__version__} · data: `{services.settings.data_dir}`</small>",
-                    elem_id="studio-header")
+        with gr.Row():
+            gr.Markdown(f"## Studio <small>v{__version__} · data: `{services.settings.data_dir}`</small>",
+                        elem_id="studio-header")
+            who = gr.HTML(elem_id="studio-user")
         with gr.Tabs():
             generate.build_tab(services)
             adapters.build_tab(services)
@@ -25,11 +27,26 @@ def build(services: Services) -> gr.Blocks:
             queue.build_tab(services)
             gallery.build_tab(services, demo)
         _api_endpoints(services)
+        demo.load(lambda: _user_box(services), outputs=who)
     demo.queue(default_concurrency_limit=8)
     for block_fn in demo.fns.values():
         if block_fn.fn is not None:
             block_fn.fn = as_caller(block_fn.fn)
     return demo
+
+
+def _user_box(services: Services) -> str:
+    """Who is signed in, with a sign-out button (a same-origin form POST; the session cookie is HttpOnly)."""
+    import html
+
+    from studio.auth import viewer
+
+    if not services.settings.auth_enabled:
+        return "<div style='text-align:right'><small>single user (loopback, accounts off)</small></div>"
+    v = viewer()
+    return (f"<form method='post' action='/logout' style='text-align:right'><small>signed in as "
+            f"<b>{html.escape(v.username)}</b>{' (admin)' if v.is_admin else ''}</small> "
+            "<button type='submit' id='studio-logout'>Sign out</button></form>")
 
 
 def _viewer_of(request: Any) -> Any:
@@ -119,6 +136,9 @@ def as_caller(fn: Callable[..., Any]) -> Callable[..., Any]:
             if any(p.default is not p.empty for p in positional) else positional
         wrapper.__signature__ = sig.replace(parameters=[*pos, extra, *rest])  # type: ignore[attr-defined]
         wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), **hints, "_studio_request": gr.Request}
+    else:
+        wrapper.__signature__ = sig  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), **hints}
     return wrapper
 
 
