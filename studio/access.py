@@ -351,3 +351,36 @@ class AccessLayer:
 def install(app: Any, services: Any) -> AccessLayer:
     """Wrap ``app`` (FastAPI with Gradio mounted); returns the ASGI callable to serve."""
     return AccessLayer(app, services)
+
+
+def route_table(app: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route of ``app`` and its mounted/included apps (Gradio's too):
+    what the access layer must guard; the security test and bench walk it."""
+    from starlette.routing import Mount, Route, WebSocketRoute
+
+    out: list[tuple[str, str]] = []
+
+    def walk(routes: list[Any], prefix: str) -> None:
+        for r in routes:
+            if hasattr(r, "original_router"):  # fastapi's include_router (Gradio's API routes)
+                walk(r.original_router.routes, prefix + (getattr(r.include_context, "prefix", "") or ""))
+            elif isinstance(r, Mount):
+                sub = getattr(r, "routes", None) or getattr(getattr(r, "app", None), "routes", None)
+                if sub:
+                    walk(sub, prefix + r.path)
+                else:
+                    out.append(("GET", prefix + r.path + "/x"))
+            elif isinstance(r, WebSocketRoute):
+                out.append(("WEBSOCKET", prefix + r.path))
+            elif isinstance(r, Route):
+                for m in sorted((r.methods or {"GET"}) - {"HEAD"}):
+                    out.append((m, prefix + r.path))
+    walk(app.routes, "")
+    return out
+
+
+def fill_path(path: str) -> str:
+    """A concrete URL for a route pattern (every parameter 'x')."""
+    import re
+
+    return re.sub(r"\{[^}:]+(:[^}]+)?\}", "x", path).replace("//", "/")

@@ -109,6 +109,11 @@ def add_routes(app: FastAPI, services: Services) -> None:
                      secure=settings.secure_cookies, path="/")
         return r
 
+    @app.get("/logout", include_in_schema=False)
+    def logout_page() -> Response:
+        """Signing out changes state, so it takes a POST (a link elsewhere cannot sign you out)."""
+        return RedirectResponse("/login" if settings.auth_enabled else "/", 303)
+
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request) -> Response:
         cookie = request.cookies.get(SESSION_COOKIE)

@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from studio.access import fill_path, route_table
 from tests.conftest import ROOT, StudioProcess, free_port, wait_for
 
 PUBLIC = {"/healthz", "/login", "/logout"}
@@ -28,35 +29,6 @@ def png(w: int = 8, h: int = 8, color: tuple[int, int, int] = (255, 0, 0)) -> by
     buf = io.BytesIO()
     Image.new("RGB", (w, h), color).save(buf, "PNG")
     return buf.getvalue()
-
-
-def all_routes(app: Any) -> list[tuple[str, str]]:
-    """(method, path) for every route of the inner app and of Gradio's mounted app."""
-    from starlette.routing import Mount, Route, WebSocketRoute
-
-    out: list[tuple[str, str]] = []
-
-    def walk(routes: list[Any], prefix: str) -> None:
-        for r in routes:
-            if hasattr(r, "original_router"):  # fastapi's include_router (Gradio's API routes)
-                walk(r.original_router.routes, prefix + (getattr(r.include_context, "prefix", "") or ""))
-            elif isinstance(r, Mount):
-                sub = getattr(r, "routes", None) or getattr(getattr(r, "app", None), "routes", None)
-                if sub:
-                    walk(sub, prefix + r.path)
-                else:
-                    out.append(("GET", prefix + r.path + "/x"))
-            elif isinstance(r, WebSocketRoute):
-                out.append(("WEBSOCKET", prefix + r.path))
-            elif isinstance(r, Route):
-                for m in sorted((r.methods or {"GET"}) - {"HEAD"}):
-                    out.append((m, prefix + r.path))
-    walk(app.routes, "")
-    return out
-
-
-def fill(path: str) -> str:
-    return re.sub(r"\{[^}:]+(:[^}]+)?\}", "x", path).replace("//", "/")
 
 
 @pytest.fixture
@@ -85,12 +57,12 @@ def test_every_route_needs_a_session_except_login_health_and_share(secured) -> N
 
     svc, users = secured
     app = create_app(svc, with_ui=True)
-    routes = all_routes(app.app)
+    routes = route_table(app.app)
     assert len(routes) > 45 and sum(p.startswith("/gradio_api/") for _, p in routes) > 10, routes
     open_routes = []
     with TestClient(app, follow_redirects=False) as c:
         for method, path in routes:
-            url = fill(path)
+            url = fill_path(path)
             if method == "WEBSOCKET":
                 from starlette.websockets import WebSocketDisconnect
 
@@ -517,6 +489,14 @@ def test_no_secret_in_logs_or_job_metadata(tmp_path: Path) -> None:
             wait_for(lambda: c.get(f"/api/v1/jobs/{job['id']}", headers=bearer(tok)).json()["status"] == "completed",
                      60, 0.2, "job")
             body = c.get(f"/api/v1/jobs/{job['id']}", headers=bearer(tok)).text
+        # gradio_client with the same token; without it, the Gradio API is closed
+        from gradio_client import Client
+
+        gc = Client(srv.url, headers=bearer(tok), verbose=False)
+        jid = gc.predict("test-steps", '{"steps": 1, "step_s": 0}', api_name="/submit_job")
+        assert gc.predict(jid, api_name="/job_status")["id"] == jid
+        with pytest.raises(Exception):
+            Client(srv.url, verbose=False)
     finally:
         srv.stop()
     for secret in (pw, cookie, tok):
