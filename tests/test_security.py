@@ -503,3 +503,39 @@ def test_no_secret_in_logs_or_job_metadata(tmp_path: Path) -> None:
         assert secret not in body
         for f in list(data.rglob("*.log")) + list(data.rglob("*.db")) + list(data.rglob("*.db-wal")):
             assert secret.encode() not in f.read_bytes(), (f, secret[:4])
+
+
+def test_big_png_is_checked_without_decoding(tmp_path: Path) -> None:
+    """An 8192² PNG (at the pixel cap) would take 256 MB decoded; its check reads chunks only."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "big.png"
+    Image.new("RGB", (8192, 8192), (10, 20, 30)).save(p, "PNG")
+    code = f"""
+import resource, sys
+sys.path.insert(0, {str(ROOT)!r})
+from studio.uploads import sniff
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s = sniff(__import__('pathlib').Path({str(p)!r}), 'big.png', max_image_pixels=64 << 20, max_archive_bytes=1 << 30)
+assert (s.width, s.height) == (8192, 8192)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip()) < 64, r.stdout  # MB of extra peak memory
+
+
+def test_share_tunnel_offline_says_what_to_do(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from studio.tunnel import share_client_path
+
+    if share_client_path().exists():
+        pytest.skip("gradio's tunnel client is installed on this machine")
+    r = subprocess.run([sys.executable, "launch.py", "--share", "--port", str(free_port()), "--data-dir",
+                        str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "--share needs gradio's tunnel client" in r.stderr and str(share_client_path()) in r.stderr
+    assert "--public-url" in r.stderr
