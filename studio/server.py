@@ -23,9 +23,6 @@ def create_app(services: Services, with_ui: bool = True) -> AccessLayer:
     """The served ASGI app: REST + pages + Gradio, wrapped whole in the access layer
     (``.app`` is the inner FastAPI app, e.g. for its route list)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from studio.auth import LOCAL, NOBODY, set_process_default
-
-    set_process_default(NOBODY if services.settings.auth_enabled else LOCAL)
     app = build_api(services)
     if with_ui:
         import gradio as gr
@@ -121,7 +118,10 @@ def serve(settings: Settings, *, worker: bool = True, workers: int | None = None
         check_share_client(settings)  # exits with what to do when the client cannot be had offline
     services = build(settings)
     services.assets.sweep_orphans()
-    if settings.auth_enabled:
+    from studio.auth import NOBODY, set_process_default
+
+    if settings.auth_enabled:  # fail closed: work outside a request's context sees nothing
+        set_process_default(NOBODY)
         pw = services.auth.ensure_admin()
         if pw:  # printed once, to the owner's terminal only (never logged to a file)
             print(f"Accounts are on. First start: created user 'admin' with password: {pw}\n"

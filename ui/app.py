@@ -1,10 +1,7 @@
 """Compose the Gradio Blocks from tabs. Each tab module exposes ``build_tab(services)``."""
 from __future__ import annotations
 
-import functools
-import inspect
-import typing
-from typing import Any, Callable, Optional
+from typing import Any
 
 import gradio as gr
 
@@ -29,9 +26,7 @@ def build(services: Services) -> gr.Blocks:
         _api_endpoints(services)
         demo.load(lambda: _user_box(services), outputs=who)
     demo.queue(default_concurrency_limit=8)
-    for block_fn in demo.fns.values():
-        if block_fn.fn is not None:
-            block_fn.fn = as_caller(block_fn.fn)
+    _run_events_as_caller(demo)
     return demo
 
 
@@ -58,88 +53,25 @@ def _viewer_of(request: Any) -> Any:
     return state.get("studio_viewer") or NOBODY
 
 
-def as_caller(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a Gradio event handler as the user whose request triggered it.
+def _run_events_as_caller(demo: gr.Blocks) -> None:
+    """Run every Gradio event as the user whose request triggered it.
 
-    Gradio runs handlers on its own queue tasks and threads, so the access layer's
-    per-request context does not reach them. Gradio injects a ``gr.Request`` into any
-    positional parameter annotated with it; we add one such parameter at the end of the
-    handler's positional parameters and set the caller around each call (and around each
-    step of a generator, which Gradio advances from different threads)."""
+    Gradio runs handlers on its own queue tasks and worker threads, so the access layer's
+    per-request context does not reach them. Every event — including those of components
+    made later by ``gr.render`` — goes through ``Blocks.call_function`` with the triggering
+    request; we set the caller there, and the thread that runs a sync handler (or each step
+    of a generator) inherits it, since anyio copies the context into worker threads."""
     from studio.auth import acting_as
 
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return fn
-    params = list(sig.parameters.values())
-    hints = {}
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unresolvable hints: treat as unannotated
-        pass
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    existing = next((i for i, p in enumerate(positional) if hints.get(p.name) in (gr.Request, Optional[gr.Request])),
-                    None)
-    def split(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:
-        """Take out the request Gradio injected (found by type: robust to optional inputs)."""
-        for i in range(len(args) - 1, -1, -1):
-            if isinstance(args[i], gr.Request):
-                return (args if existing is not None else args[:i] + args[i + 1:]), args[i]
-        return args, None
+    original = demo.call_function
 
-    if inspect.isgeneratorfunction(fn):
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            args, req = split(args)
-            v = _viewer_of(req)
-            with acting_as(v):
-                gen = fn(*args, **kwargs)
-            while True:
-                with acting_as(v):
-                    try:
-                        item = next(gen)
-                    except StopIteration:
-                        return
-                yield item
-    elif inspect.isasyncgenfunction(fn):
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            args, req = split(args)
-            v = _viewer_of(req)
-            with acting_as(v):
-                agen = fn(*args, **kwargs)
-            while True:
-                with acting_as(v):
-                    try:
-                        item = await agen.__anext__()
-                    except StopAsyncIteration:
-                        return
-                yield item
-    elif inspect.iscoroutinefunction(fn):
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            args, req = split(args)
-            with acting_as(_viewer_of(req)):
-                return await fn(*args, **kwargs)
-    else:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            args, req = split(args)
-            with acting_as(_viewer_of(req)):
-                return fn(*args, **kwargs)
+    async def call_function(block_fn: Any, processed_input: list[Any], iterator: Any = None,
+                            requests: Any = None, *args: Any, **kwargs: Any) -> Any:
+        req = requests[0] if isinstance(requests, list) and requests else requests
+        with acting_as(_viewer_of(req)):
+            return await original(block_fn, processed_input, iterator, requests, *args, **kwargs)
 
-    functools.update_wrapper(wrapper, fn)
-    del wrapper.__wrapped__  # gradio must see the new signature, not the original's
-    if existing is None:
-        extra = inspect.Parameter("_studio_request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                  default=None, annotation=gr.Request)
-        rest = [p for p in params if p not in positional]
-        # a parameter with a default may not precede one without: give every positional one a default
-        pos = [p if p.default is not p.empty else p.replace(default=None) for p in positional] \
-            if any(p.default is not p.empty for p in positional) else positional
-        wrapper.__signature__ = sig.replace(parameters=[*pos, extra, *rest])  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), **hints, "_studio_request": gr.Request}
-    else:
-        wrapper.__signature__ = sig  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), **hints}
-    return wrapper
+    demo.call_function = call_function  # type: ignore[method-assign]
 
 
 def _api_endpoints(services: Services) -> None:
