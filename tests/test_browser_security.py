@@ -296,3 +296,24 @@ def _up(url: str) -> bool:
         return httpx.get(url, verify=False, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_run_tab_works_for_a_signed_in_user(accounts_server, pw, tmp_path: Path) -> None:  # noqa: ANN001
+    """The Run tab's form is made by gr.render after start; its events must run as the user too."""
+    b = launch(pw)
+    try:
+        page = b.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        sign_in(page, accounts_server.url)
+        page.get_by_role("tab", name="Run").click()
+        page.locator("#run-engine input").click()
+        page.locator("#run-engine input").fill("test-steps")
+        page.get_by_role("option", name="test-steps").click()
+        page.wait_for_selector("#run-p-steps", timeout=30000)
+        page.locator("#run-p-prompt textarea").fill("signed-in job")
+        page.locator("#run-submit").click()
+        page.locator("#run-status").get_by_text("completed").wait_for(timeout=60000)
+        page.get_by_role("tab", name="Queue").click()
+        page.wait_for_function("() => document.querySelector('#queue-table').innerText.includes('test-steps')",
+                               timeout=20000)
+    finally:
+        b.close()
