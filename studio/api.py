@@ -106,4 +106,7 @@ def build_api(services: Services) -> FastAPI:
     from studio.web import add_routes
 
     add_routes(app, services)
+    from studio.a1111 import add_a1111_routes
+
+    add_a1111_routes(app, services)
     return app
