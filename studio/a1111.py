@@ -85,8 +85,9 @@ def studio_scheduler(sampler_name: str | None, scheduler: str | None) -> str:
     out = SAMPLERS[key]["map"].get(labels[sched])
     if out is None:
         ok = ", ".join(dict(SCHEDULERS)[s] for s in SAMPLERS[key]["map"])
-        raise InvalidParams([{"field": "scheduler", "message": f"sampler {key!r} has no {dict(SCHEDULERS)[labels[sched]]} "
-                              f"schedule in the Studio; use {ok}"}])
+        label = dict(SCHEDULERS)[labels[sched]]
+        raise InvalidParams([{"field": "scheduler",
+                              "message": f"sampler {key!r} has no {label} schedule in the Studio; use {ok}"}])
     return out
 
 
@@ -113,7 +114,7 @@ class _Gen(BaseModel):
     batch_size: int = Field(1, ge=-(2**31), le=2**31)
     n_iter: int = Field(1, ge=-(2**31), le=2**31)
     steps: int = Field(50, ge=-(2**31), le=2**31)
-    cfg_scale: float = 7.0
+    cfg_scale: Optional[float] = Field(None, description="default: the model's own guidance (A1111: always 7)")
     width: Optional[int] = Field(None, ge=-(2**31), le=2**31, description="default: the model's native size")
     height: Optional[int] = Field(None, ge=-(2**31), le=2**31, description="default: the model's native size")
     restore_faces: Optional[bool] = None
@@ -212,7 +213,8 @@ class Img2ImgIn(_Gen):
         if self.resize_mode != 0:
             errs.append({"field": "resize_mode", "message": "only resize_mode 0 (just resize) is supported"})
         if len(self.init_images) > 1:
-            errs.append({"field": "init_images", "message": f"{len(self.init_images)} init images; the Studio takes one"})
+            errs.append({"field": "init_images",
+                         "message": f"{len(self.init_images)} init images; the Studio takes one"})
         return errs
 
 
@@ -233,8 +235,8 @@ class OptionsIn(BaseModel):
 
 # -- field names: Studio → A1111 ----------------------------------------------------------------
 FIELD_NAMES = {"guidance_scale": "cfg_scale", "batch_count": "n_iter", "strength": "denoising_strength",
-               "init_image": "init_images", "scheduler": "sampler_name", "model": "override_settings.sd_model_checkpoint",
-               "adapters": "prompt"}
+               "init_image": "init_images", "scheduler": "sampler_name",
+               "model": "override_settings.sd_model_checkpoint", "adapters": "prompt"}
 
 
 def _rename(errors: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -275,7 +277,8 @@ PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 def is_image_bytes(raw: bytes) -> bool:
     """The formats the Studio's upload validation accepts, by magic number (it then checks them fully)."""
-    return raw.startswith((PNG_SIG, b"\xff\xd8\xff", b"GIF87a", b"GIF89a")) or (raw[:4] == b"RIFF" and raw[8:12] == b"WEBP")
+    return raw.startswith((PNG_SIG, b"\xff\xd8\xff", b"GIF87a", b"GIF89a")) or \
+        (raw[:4] == b"RIFF" and raw[8:12] == b"WEBP")
 MAX_TEXT = 1 << 20  # decompressed size cap for zTXt/iTXt chunks
 
 
@@ -408,8 +411,10 @@ def add_a1111_routes(app: FastAPI, services: Any) -> None:
             prompt, adapters = lora_tags(req.prompt)
         params: dict[str, Any] = {
             "model": model, "prompt": prompt.strip() or " ", "negative_prompt": req.negative_prompt,
-            "steps": req.steps, "guidance_scale": req.cfg_scale, "seed": req.seed, "batch_size": req.batch_size,
-            "batch_count": req.n_iter, "scheduler": scheduler, "width": req.width, "height": req.height}
+            "steps": req.steps, "seed": req.seed, "batch_size": req.batch_size, "batch_count": req.n_iter,
+            "scheduler": scheduler, "width": req.width, "height": req.height}
+        if req.cfg_scale is not None:  # omitted: the engine uses the model's own default
+            params["guidance_scale"] = req.cfg_scale
         if adapters:
             params["adapters"] = adapters
         if init_image is not None:
@@ -435,7 +440,8 @@ def add_a1111_routes(app: FastAPI, services: Any) -> None:
             try:
                 w = float(weight) if weight else 1.0
             except ValueError:
-                raise InvalidParams([{"field": "prompt", "message": f"<lora:{name[:60]}:{weight[:20]}>: bad weight"}]) from None
+                raise InvalidParams([{"field": "prompt",
+                                      "message": f"<lora:{name[:60]}:{weight[:20]}>: bad weight"}]) from None
             out.append({"adapter": a["id"], "weight": w, "name": a["name"]})
         return LORA_TAG.sub("", prompt), out
 
@@ -490,7 +496,9 @@ def add_a1111_routes(app: FastAPI, services: Any) -> None:
             "all_negative_prompts": [req.negative_prompt] * len(seeds), "seed": seed, "all_seeds": seeds,
             "subseed": seed, "all_subseeds": seeds, "subseed_strength": 0, "width": p.get("width"),
             "height": p.get("height"), "sampler_name": req.sampler_name or req.sampler_index or DEFAULT_SAMPLER,
-            "scheduler": req.scheduler or "Automatic", "cfg_scale": params["guidance_scale"], "steps": params["steps"],
+            "scheduler": req.scheduler or "Automatic",
+            "cfg_scale": req.cfg_scale if p.get("guidance_scale") is None else p["guidance_scale"],
+            "steps": params["steps"],
             "batch_size": params["batch_size"], "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": job.result_meta.get("model", model), "sd_model_hash": (job.result_meta.get("model_hash")
                                                                                    or "")[:10] or None,

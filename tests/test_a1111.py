@@ -241,7 +241,8 @@ BAD = [
     ("txt2img", {"override_settings": {"sd_model_checkpoint": "/etc/passwd"}}, "override_settings.sd_model_checkpoint"),
     ("txt2img", {"override_settings": {"sd_model_checkpoint": "../../models/tiny"}},
      "override_settings.sd_model_checkpoint"),
-    ("txt2img", {"override_settings": {"sd_model_checkpoint": "unknown-model"}}, "override_settings.sd_model_checkpoint"),
+    ("txt2img", {"override_settings": {"sd_model_checkpoint": "unknown-model"}},
+     "override_settings.sd_model_checkpoint"),
     ("img2img", {"init_images": ["%%%not base64%%%"]}, "init_images.0"),
     ("img2img", {"init_images": [base64.b64encode(b"GIF89a not really").decode()]}, "init_images.0"),
     ("img2img", {"init_images": [base64.b64encode(b"hello, not an image").decode()]}, "init_images.0"),
@@ -256,7 +257,8 @@ BAD = [
 
 
 @pytest.mark.parametrize(("route", "extra", "field"), BAD, ids=[f"{r}-{f}-{i}" for i, (r, _, f) in enumerate(BAD)])
-def test_bad_input_is_422_naming_the_field_and_stores_nothing(client, services, route, extra, field) -> None:  # noqa: ANN001
+def test_bad_input_is_422_naming_the_field_and_stores_nothing(client, services, route, extra,  # noqa: ANN001
+                                                              field) -> None:  # noqa: ANN001
     ok = b64png()
     extra = {k: ([ok if x == "<ok>" else x for x in v] if isinstance(v, list) else (ok if v == "<ok>" else v))
              for k, v in extra.items()}
@@ -332,7 +334,8 @@ def test_accounts_scope_progress_interrupt_and_options(settings, tiny_model) -> 
             tokens[name] = {"Authorization": f"Bearer {svc.auth.create_token(u['id'], 't')[1]}"}
         with TestClient(create_app(svc, with_ui=False)) as c:
             assert c.get("/sdapi/v1/sd-models").status_code == 401
-            assert c.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny"}, headers=tokens["alice"]).status_code == 200
+            r = c.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny"}, headers=tokens["alice"])
+            assert r.status_code == 200
             assert c.get("/sdapi/v1/options", headers=tokens["bob"]).json()["sd_model_checkpoint"] == "embedded"
             result: dict = {}
             t = threading.Thread(target=lambda: result.setdefault("r", c.post(
@@ -357,3 +360,41 @@ def test_accounts_scope_progress_interrupt_and_options(settings, tiny_model) -> 
                 assert job.status == "canceled" and job.params["model"] == "tiny"
     finally:
         svc.close()
+
+
+# -- a launched Studio (web + worker processes), driven like webuiapi drives A1111 ----------------------
+def test_a1111_client_against_a_launched_studio(studio_server, tiny_model) -> None:  # noqa: ANN001
+    """A requests.Session, as webuiapi uses: list models, pick one through /options, generate, watch
+    progress and interrupt — over real HTTP, with the job run by the real worker process."""
+    import shutil
+
+    import requests
+
+    dest = studio_server.data_dir / "models" / "tiny-sd"  # web clients name models inside the models dir
+    if not dest.exists():
+        shutil.copytree(tiny_model, dest)
+    base = studio_server.url + "/sdapi/v1"
+    s = requests.Session()
+    assert "tiny-sd" in [m["title"] for m in s.get(f"{base}/sd-models", timeout=30).json()]
+    assert s.post(f"{base}/options", json={"sd_model_checkpoint": "tiny-sd"}, timeout=30).status_code == 200
+    assert s.get(f"{base}/options", timeout=30).json()["sd_model_checkpoint"] == "tiny-sd"
+    payload = {k: v for k, v in WEBUIAPI_TXT2IMG.items() if k != "override_settings"} | {"override_settings": {}}
+    r = s.post(f"{base}/txt2img", json=payload, timeout=300)
+    assert r.status_code == 200, r.text
+    images = [Image.open(io.BytesIO(base64.b64decode(i))) for i in r.json()["images"]]
+    info = json.loads(r.json()["info"])
+    assert len(images) == 2 and info["all_seeds"] == [1234, 1235]
+    assert "Seed: 1235" in images[1].text["parameters"] and "Model: tiny-sd" in images[1].text["parameters"]
+    # interrupt a long run from another connection
+    result: dict = {}
+    long = {"prompt": "a long run", "steps": 150, "n_iter": 32, "sampler_name": "Euler"}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", requests.post(f"{base}/txt2img", json=long, timeout=300)))
+    t.start()
+    wait_for(lambda: s.get(f"{base}/progress", timeout=30).json()["state"]["sampling_step"] > 0, 120, 0.1,
+             "the long run to start")
+    assert s.post(f"{base}/interrupt", timeout=30).json() == {}
+    t.join(60)
+    assert not t.is_alive()
+    assert result["r"].status_code == 200 and result["r"].json()["images"] == []
+    assert json.loads(result["r"].json()["info"])["interrupted"] is True
