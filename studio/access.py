@@ -287,8 +287,9 @@ class AccessLayer:
             return "bad"
         if v.is_admin:
             return ""
-        if self.ui_cache in p.parents:
-            exists, owner = self.services.assets.owner_of(p.name.split(".")[0])
+        if self.ui_cache in p.parents:  # ui-cache/<asset id>/<name>
+            asset_id = p.relative_to(self.ui_cache).parts[0].split(".")[0]
+            exists, owner = self.services.assets.owner_of(asset_id)
             return "" if exists and v.user_id is not None and owner == v.user_id else "missing"
         if self.previews in p.parents:
             from studio.errors import NotFound

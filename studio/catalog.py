@@ -21,3 +21,54 @@ def engine_schema(name: str) -> dict[str, Any] | None:
         return registry.get(name).params_model.model_json_schema()
     except (KeyError, ImportError):
         return None
+
+
+def model_facts(spec_path: Any) -> dict[str, Any]:
+    """What the UI needs to know about a model folder without loading it: native size (from the
+    U-Net and VAE configs), default guidance, and the vocabulary of the embedded world model."""
+    import json
+    from pathlib import Path
+
+    p = Path(spec_path)
+    facts: dict[str, Any] = {"native": None, "guidance": 7.0, "vocabulary": None}
+    if not p.is_dir():
+        return facts
+    try:
+        unet = json.loads((p / "unet" / "config.json").read_text())
+        vae = json.loads((p / "vae" / "config.json").read_text())
+        facts["native"] = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if (p / "world_train.json").is_file():  # the embedded world family
+        from engines.world import generator as g
+
+        facts["guidance"] = 4.0
+        facts["vocabulary"] = {
+            "shape": list(g.SHAPES), "colour": list(g.COLORS), "background": [f"on a {b} background" for b in g.BACKGROUNDS],
+            "position": [f"in the {p}" if p == "center" else f"at the {p}" for p in g.POSITIONS],
+            "size": list(g.SIZES), "style": list(g.STYLES), "words": g.world_words()}
+    return facts
+
+
+def unknown_words(prompt: str, words: list[str]) -> list[str]:
+    """Prompt words a model's vocabulary does not have (it would silently ignore them)."""
+    import re
+
+    known = set(words)
+    seen: list[str] = []
+    for w in re.findall(r"[a-z]+", prompt.lower()):
+        if w not in known and w not in seen:
+            seen.append(w)
+    return seen
+
+
+def sample_scenes() -> list[Any]:
+    """Ready-to-render Gaussian-splat scenes shipped with the splat engine (paths)."""
+    from pathlib import Path
+
+    try:
+        import engines.splat as splat
+    except ImportError:
+        return []
+    folder = Path(splat.__file__).resolve().parent / "samples"
+    return sorted(p for p in folder.glob("*") if p.suffix in (".ply", ".splat"))

@@ -229,6 +229,25 @@ class JobService:
         with self.db.session() as s:
             return [JobDTO.of(j, [AssetDTO.of(a) for a in j.assets]) for j in s.scalars(stmt)]
 
+    def latest_active(self, engine: str | None = None) -> str | None:
+        """The caller's newest queued or running job (of ``engine``): a reloaded page re-attaches to it."""
+        stmt = visible(select(Job.id).where(Job.status.in_(("queued", "running"))), Job)
+        if engine:
+            stmt = stmt.where(Job.engine == engine)
+        with self.db.session() as s:
+            return s.scalar(stmt.order_by(Job.created_at.desc()).limit(1))
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 = next to start. Counts every queued job ahead (higher priority, or equal and older)."""
+        with self.db.session() as s:
+            job = self._visible_job(s, job_id)
+            if job.status != "queued":
+                return None
+            ahead = s.scalar(select(func.count()).select_from(Job).where(
+                Job.status == "queued", Job.id != job.id,
+                (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.created_at < job.created_at))))
+            return int(ahead or 0) + 1
+
     def counts(self) -> dict[str, int]:
         with self.db.session() as s:
             return dict(s.execute(visible(select(Job.status, func.count()), Job).group_by(Job.status)).all())

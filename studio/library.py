@@ -105,9 +105,6 @@ class AdapterLibrary:
         peft stores only the values, the indices are rebuilt from the base layer shapes).
         With ``base_model`` every adapted U-Net layer must exist in it with a fitting shape.
         """
-        from engines.adapters.compat import check_adapter, peft_shira_to_studio, read_peft_folder
-        from engines.adapters.lora_io import detect_format, read_header
-
         lower = filename.lower()
         if not lower.endswith((".safetensors", ".zip")):
             raise UploadRejected("adapters must be .safetensors files (or a .zip of a peft SHiRA adapter)", 400)
@@ -123,6 +120,23 @@ class AdapterLibrary:
                     tmp_path.unlink(missing_ok=True)
                     raise UploadRejected("adapter file exceeds the upload limit", 413)
                 tmp.write(chunk)
+        user_name = Path(filename).name[:120] or "adapter"
+        try:
+            return self._import(tmp_path, filename, name, trigger, base_model)
+        except UploadRejected as e:  # name the user's file, never our temp file
+            msg = str(e)
+            for p in (str(tmp_path), str(tmp_path.with_suffix(".shira.safetensors")), tmp_path.name):
+                msg = msg.replace(p, user_name)
+            raise UploadRejected(msg, e.status_code) from None
+        finally:
+            tmp_path.unlink(missing_ok=True)
+            tmp_path.with_suffix(".shira.safetensors").unlink(missing_ok=True)
+
+    def _import(self, tmp_path: Path, filename: str, name: str, trigger: str, base_model: str) -> dict[str, Any]:
+        from engines.adapters.compat import check_adapter, peft_shira_to_studio, read_peft_folder
+        from engines.adapters.lora_io import detect_format, read_header
+
+        is_zip = filename.lower().endswith(".zip")
         converted: Path | None = None
         try:
             shapes = self._base_shapes(base_model) if base_model else None

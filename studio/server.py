@@ -33,6 +33,7 @@ def create_app(services: Services, with_ui: bool = True) -> AccessLayer:
             # the in-browser viewers (WebGL splat viewer); /static itself stays Gradio's (fonts, scripts)
             app.mount(f"/static/{sub.name}", StaticFiles(directory=sub), name=f"static-{sub.name}")
 
+        from ui.app import CSS, KEYS_JS
         from ui.app import build as build_ui
 
         s = services.settings
@@ -40,7 +41,7 @@ def create_app(services: Services, with_ui: bool = True) -> AccessLayer:
         app = gr.mount_gradio_app(app, blocks, path="/",
                                   allowed_paths=[str(s.data_dir / "ui-cache"), str(s.previews_dir)],
                                   auth_dependency=_gradio_user, max_file_size=s.max_upload_bytes,
-                                  footer_links=["api"], show_error=True)
+                                  footer_links=["api"], show_error=True, js=KEYS_JS, css=CSS)
         # Mounted Blocks are never marked launched, and Gradio skips its check that inputs come
         # from its upload folder until they are: without this, any server path sent as a
         # FileData input would be read (and ingested as an asset).

@@ -10,6 +10,21 @@ from studio.wiring import Services
 from ui.tabs import adapters, gallery, generate, queue, run, splat
 
 
+# Ctrl/Cmd+Enter in a prompt box presses that tab's Generate/Run button (Enter alone adds a line).
+KEYS_JS = """() => {
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey)) return;
+    const box = e.target.closest('#gen-prompt, #gen-negative_prompt, #run-p-prompt, #ad-prompt');
+    if (!box) return;
+    const id = box.id.startsWith('gen-') ? 'gen-submit' : box.id.startsWith('run-') ? 'run-submit' : 'ad-grid';
+    const btn = document.getElementById(id);
+    if (btn && btn.offsetParent !== null) { e.preventDefault(); btn.click(); }
+  });
+}"""
+# Small results are upscaled crisply (pixel art, 64-px world images), never blurred or cropped.
+CSS = """.studio-crisp img { image-rendering: pixelated; object-fit: contain !important; }"""
+
+
 def build(services: Services) -> gr.Blocks:
     with gr.Blocks(title="Studio", analytics_enabled=False) as demo:
         with gr.Row():

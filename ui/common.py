@@ -14,11 +14,12 @@ EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/
 
 
 def asset_file(services: Services, a: AssetDTO) -> str:
-    """A path Gradio can serve: a hard link to the stored bytes, named with an extension."""
-    cache = services.settings.data_dir / "ui-cache"
-    cache.mkdir(exist_ok=True)
+    """A path Gradio can serve: a hard link to the stored bytes at ``ui-cache/<asset id>/<name>``,
+    named for people (engine, seed, prompt) rather than by id, with a real extension."""
+    cache = services.settings.data_dir / "ui-cache" / a.id
+    cache.mkdir(parents=True, exist_ok=True)
     ext = Path(a.filename).suffix or EXT.get(a.mime) or mimetypes.guess_extension(a.mime) or ""
-    dest = cache / f"{a.id}{ext}"
+    dest = cache / f"{download_name(a)}{ext}"
     if not dest.exists():
         src = services.assets.path(a.id)
         try:
@@ -28,6 +29,21 @@ def asset_file(services: Services, a: AssetDTO) -> str:
 
             shutil.copyfile(src, dest)
     return str(dest)
+
+
+def download_name(a: AssetDTO) -> str:
+    """'t2i-1234-a-red-star-on-navy' for generated files, the uploaded name otherwise."""
+    import re
+
+    prompt = str(a.meta.get("prompt") or "")
+    engine = str(a.meta.get("engine") or "")
+    seed = a.meta.get("seed")
+    if engine and (prompt or seed is not None):
+        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48]
+        parts = [engine, str(seed) if seed is not None else "", slug, str(a.meta.get("index", ""))]
+        return "-".join(p for p in parts if p) or a.id
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(a.filename).stem)[:80]
+    return stem or a.id
 
 
 def fmt_job_line(j) -> str:  # noqa: ANN001

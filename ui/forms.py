@@ -106,5 +106,25 @@ def collect(schema: dict[str, Any], comps: dict[str, Any], values: dict[Any, Any
             v = int(v)
         if v is None or (v == "" and prop.get("type") != "string"):
             continue
+        if _unchanged(comp, v, prop):
+            continue  # the server's default applies (a shown default may be a placeholder, e.g. "[]")
         params[name] = v
     return params
+
+
+def _unchanged(comp: Any, v: Any, prop: dict[str, Any]) -> bool:
+    """True when the user left the control as the form showed it: only changes are sent."""
+    shown = getattr(comp, "value", None)
+    if prop.get("type") in ("array", "object") and isinstance(shown, str):
+        try:
+            shown = json.loads(shown) if shown.strip() else None
+        except ValueError:
+            return False
+    if prop.get("type") in ("integer", "number") and isinstance(shown, str):
+        try:
+            shown = float(shown) if shown.strip() else None
+        except ValueError:
+            return False
+    if isinstance(v, (int, float)) and isinstance(shown, (int, float)) and not isinstance(v, bool):
+        return float(v) == float(shown)
+    return v == shown

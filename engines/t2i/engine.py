@@ -18,6 +18,13 @@ VERSION = "Studio 0.1"
 ADAPTOR_FILE = "clockwork_adaptor.safetensors"
 
 
+def default_guidance(model_path: Any) -> float:
+    """The embedded world model was trained and evaluated at CFG 4; SD-family models use 7."""
+    from pathlib import Path
+
+    return 4.0 if (Path(model_path) / "world_train.json").is_file() else 7.0
+
+
 @dataclass
 class LoadedPipeline:
     """A pipeline cached per worker, with what is costly to recompute per job."""
@@ -244,6 +251,8 @@ class T2IEngine(Engine):
     def _generate(self, loaded: LoadedPipeline, params: T2IParams, ctx: EngineContext) -> EngineResult:
         import torch
 
+        if params.guidance_scale is None:  # the model's own default, recorded as used
+            params = params.model_copy(update={"guidance_scale": default_guidance(loaded.spec.path)})
         pipe = loaded.pipe
         f = pipe.vae_scale_factor
         native = pipe.unet.config.sample_size * f

@@ -27,7 +27,9 @@ class T2IParams(Params):
     prompt: str = Field(..., min_length=1, max_length=4000, description="what to draw")
     negative_prompt: str = Field("", max_length=4000, description="what to avoid")
     steps: int = Field(20, ge=1, le=150, description="denoising steps")
-    guidance_scale: float = Field(7.0, ge=0.0, le=30.0, description="classifier-free guidance (CFG) scale; ≤1 = off")
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0,
+                                         description="classifier-free guidance (CFG) scale; ≤1 = off; empty = the "
+                                                     "model's own default (4 for the embedded world model, else 7)")
     width: int | None = Field(None, ge=32, le=2048, description="image width in pixels (default: the model's native size)")
     height: int | None = Field(None, ge=32, le=2048, description="image height in pixels (default: the model's native size)")
     seed: int = Field(-1, ge=-1, le=2**32 - 1, description="-1 = random; image k of a run uses seed + k")

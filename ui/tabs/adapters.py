@@ -31,7 +31,7 @@ def build_tab(services: Services) -> None:
     schema = engine_schema("adapter-train")
     if schema is None or engine_schema("t2i") is None:
         return
-    with gr.Tab("Adapters", id="adapters"):
+    with gr.Tab("Adapters", id="adapters") as tab:
         with gr.Row():
             table = gr.Dataframe(headers=["name", "method", "format", "rank", "density", "trigger", "base model",
                                           "created"], value=rows(services), interactive=False, elem_id="ad-table",
@@ -89,6 +89,7 @@ def build_tab(services: Services) -> None:
 
         slot_dds = [dd for dd, _ in slots]
         refresh.click(refresh_all, outputs=[table, *slot_dds])
+        tab.select(refresh_all, outputs=[table, *slot_dds])  # always what exists now (after reloads, other tabs)
 
         def pick(evt: gr.SelectData) -> tuple[Any, Any]:
             r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index

@@ -5,10 +5,10 @@ from typing import Any
 
 import gradio as gr
 
-from studio.catalog import engine_schema
+from studio.catalog import engine_schema, model_facts, unknown_words
 from studio.errors import StudioError
 from studio.wiring import Services
-from ui.common import cancel_job, fmt_job_line, job_outputs, uploader
+from ui.common import asset_file, cancel_job, fmt_job_line, job_outputs, uploader
 from ui.forms import build_form, collect
 
 ENGINE = "t2i"
@@ -20,6 +20,33 @@ LAYOUT_FIELDS = ["prompt", "negative_prompt", "scheduler", "steps", "guidance_sc
 def model_choices(services: Services) -> list[tuple[str, str]]:
     return [("embedded (built-in world model)", "embedded")] + [
         (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list() + services.models.in_folders()]
+
+
+def facts_of(services: Services, ref: str) -> dict[str, Any]:
+    """Native size, default guidance and vocabulary of a model (nothing loaded)."""
+    try:
+        spec = services.models.resolve(ref, allow_paths=False)
+    except Exception:  # noqa: BLE001 - an unknown model: the job submit will say why
+        return {"native": None, "guidance": 7.0, "vocabulary": None}
+    return model_facts(spec.path)
+
+
+def recent_images(services: Services, n: int = 16) -> list[tuple[str, str]]:
+    out = []
+    for a in services.assets.list(kind="image", limit=n * 2):
+        if a.meta.get("engine") == ENGINE:
+            out.append((asset_file(services, a), str(a.meta.get("prompt") or "")[:60]))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _bar(pct: float) -> str:
+    """A read-only progress bar (a slider looked editable)."""
+    p = max(0.0, min(100.0, float(pct or 0)))
+    return (f"<div role='progressbar' aria-valuenow='{p:.0f}' aria-valuemin='0' aria-valuemax='100' "
+            f"style='height:8px;border-radius:4px;background:#8883'><div style='height:8px;border-radius:4px;"
+            f"width:{p:.1f}%;background:#f97316'></div></div>")
 
 
 def adapter_choices(services: Services) -> list[tuple[str, str]]:
@@ -41,22 +68,35 @@ def build_tab(services: Services) -> None:
         assets_state = gr.State([])
         selected = gr.State(None)
         comps = build_form(schema, elem_prefix="gen-", render=False, only=LAYOUT_FIELDS)
+        facts0 = facts_of(services, "embedded")
         with gr.Row():
             with gr.Column(scale=5):
                 comps["prompt"].render()
+                words_note = gr.Markdown("", elem_id="gen-words")
+                with gr.Accordion("Words this model knows (click to add)", open=True, elem_id="gen-vocab",
+                                  visible=facts0["vocabulary"] is not None) as vocab_box:
+                    chip_sets = []
+                    for cat in ("shape", "colour", "size", "style", "position", "background"):
+                        chips = gr.Dataset(components=[gr.Textbox(visible=False)], label=cat,
+                                           samples=[[w] for w in (facts0["vocabulary"] or {}).get(cat, [])],
+                                           samples_per_page=20, elem_id=f"gen-chips-{cat}")
+                        chip_sets.append(chips)
                 comps["negative_prompt"].render()
                 with gr.Row():
                     model = gr.Dropdown(model_choices(services), value="embedded", label="Model",
                                         allow_custom_value=True, elem_id="gen-model", scale=3,
-                                        info="the embedded model, a registered model, or type a local path")
+                                        info="the embedded model, a registered model, or a model in the models folder")
                     comps["scheduler"].render()
                 with gr.Row():
                     comps["steps"].render()
-                    comps["guidance_scale"].render()
+                    comps["guidance_scale"] = gr.Slider(0, 30, value=facts0["guidance"], step=0.5,
+                                                        label="Guidance (CFG)", elem_id="gen-guidance_scale",
+                                                        info="the model's own default is preset (4 for the embedded model)")
                 with gr.Row():
                     native = gr.Checkbox(True, label="Model's native size", elem_id="gen-native", scale=1)
-                    width = gr.Slider(64, 2048, 512, step=8, label="Width", elem_id="gen-width", scale=2)
-                    height = gr.Slider(64, 2048, 512, step=8, label="Height", elem_id="gen-height", scale=2)
+                    n0 = facts0["native"] or 512
+                    width = gr.Slider(32, 2048, n0, step=8, label="Width", elem_id="gen-width", scale=2)
+                    height = gr.Slider(32, 2048, n0, step=8, label="Height", elem_id="gen-height", scale=2)
                 with gr.Row():
                     comps["seed"].render()
                     comps["batch_size"].render()
@@ -74,8 +114,8 @@ def build_tab(services: Services) -> None:
                     comps["strength"].render()
                 comps["preview_every"].render()
                 with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="gen-submit", scale=3)
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="gen-cancel", scale=1)
+                    go = gr.Button("Generate  (Ctrl+Enter)", variant="primary", elem_id="gen-submit", scale=3)
+                    cancel = gr.Button("Interrupt", variant="stop", elem_id="gen-cancel", scale=3, visible=False)
                 with gr.Accordion("Register a model", open=False):
                     reg_name = gr.Textbox(label="Name", elem_id="gen-reg-name")
                     reg_path = gr.Textbox(label="Diffusers folder or .safetensors file inside the models directory, or a cached hub id",
@@ -84,15 +124,59 @@ def build_tab(services: Services) -> None:
                     reg_msg = gr.Markdown()
             with gr.Column(scale=5):
                 status = gr.Markdown("Ready.", elem_id="gen-status")
-                progress = gr.Slider(0, 100, value=0, label="Progress %", interactive=False, elem_id="gen-progress")
+                progress = gr.HTML(_bar(0), elem_id="gen-progress")
                 preview = gr.Image(label="Live preview", type="filepath", interactive=False, height=256,
                                    elem_id="gen-preview")
-                gallery = gr.Gallery(label="Images", columns=4, height=360, elem_id="gen-gallery")
+                gallery = gr.Gallery(label="Images", columns=4, height=360, elem_id="gen-gallery",
+                                     object_fit="contain", elem_classes=["studio-crisp"])
                 info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="gen-info")
                 with gr.Row():
                     reproduce = gr.Button("Reproduce selected", elem_id="gen-reproduce")
                     use_seed = gr.Button("Use its seed", elem_id="gen-use-seed")
                 files = gr.File(label="Download originals", file_count="multiple", interactive=False)
+                recent = gr.Gallery(label="Recent results", columns=8, height=140, elem_id="gen-recent",
+                                    object_fit="contain", elem_classes=["studio-crisp"], allow_preview=False)
+        last_done = gr.State(None)
+
+        def on_model(ref: str | None) -> tuple[Any, ...]:
+            f = facts_of(services, ref or "embedded")
+            vocab = f["vocabulary"] or {}
+            n = f["native"]
+            return (gr.update(value=n) if n else gr.update(), gr.update(value=n) if n else gr.update(),
+                    gr.update(value=f["guidance"]), gr.update(visible=f["vocabulary"] is not None),
+                    *[gr.update(samples=[[w] for w in vocab.get(cat, [])]) for cat in
+                      ("shape", "colour", "size", "style", "position", "background")])
+
+        model.change(on_model, inputs=model, outputs=[width, height, comps["guidance_scale"], vocab_box, *chip_sets])
+
+        def add_word(sample: list[str], prompt: str) -> str:
+            word = (sample or [""])[0]
+            return (prompt.rstrip() + " " + word).strip() if word else prompt
+
+        for chips in chip_sets:
+            chips.click(add_word, inputs=[chips, comps["prompt"]], outputs=comps["prompt"])
+
+        def check_words(prompt: str, ref: str | None) -> str:
+            f = facts_of(services, ref or "embedded")
+            if not f["vocabulary"] or not prompt.strip():
+                return ""
+            import re
+
+            backgrounds = [b.split(" a ", 1)[1].removesuffix(" background") for b in f["vocabulary"]["background"]]
+            notes = []
+            unknown = unknown_words(prompt, f["vocabulary"]["words"])
+            if unknown:
+                notes.append("⚠️ The embedded model does not know " + ", ".join(f"**{w}**" for w in unknown[:12])
+                             + " — it will ignore " + ("it" if len(unknown) == 1 else "them") + ".")
+            for m in re.finditer(r"([a-z]+(?: [a-z]+)?) background", prompt.lower()):
+                words = m.group(1)
+                if not any(words == b or words.endswith(" " + b) for b in backgrounds):
+                    notes.append(f"⚠️ **{words.split()[-1]}** is not one of its background colours; it knows: "
+                                 + ", ".join(backgrounds) + ".")
+            return " ".join(notes)
+
+        comps["prompt"].change(check_words, inputs=[comps["prompt"], model], outputs=words_note,
+                               trigger_mode="always_last", show_progress="hidden")
 
         def submit(values: dict[Any, Any]) -> tuple[str, str]:
             try:
@@ -113,19 +197,40 @@ def build_tab(services: Services) -> None:
             return json.dumps([{"adapter": i, "weight": 1.0} for i in ids or []])
 
         adapter_pick.change(pick_adapters, inputs=adapter_pick, outputs=comps["adapters"])
+        adapter_pick.focus(lambda: gr.update(choices=adapter_choices(services)), outputs=adapter_pick)
+        model.focus(lambda: gr.update(choices=model_choices(services)), outputs=model)
         inputs = set(comps.values()) | {model, native, width, height}
-        go.click(submit, inputs=inputs, outputs=[job_state, status])
-        comps["prompt"].submit(submit, inputs=inputs, outputs=[job_state, status])
+        go.click(submit, inputs=inputs, outputs=[job_state, status], trigger_mode="once")
 
         cancel.click(lambda jid: cancel_job(services, jid), inputs=job_state, outputs=status)
 
-        def poll(job_id: str | None) -> tuple[Any, ...]:
+        def poll(job_id: str | None, done_id: str | None) -> tuple[Any, ...]:
+            """Every 0.5 s: the tracked job (or, after a reload, this user's running one), buttons,
+            and — once it finishes — its parameters under the result and the recent strip."""
+            if not job_id:
+                job_id = services.jobs.latest_active(ENGINE)
             st, pct, pv, images, fls = job_outputs(services, job_id)
-            ids = [a.id for a in services.jobs.get(job_id).assets if a.kind == "image"] if job_id else []
-            return st, pct, pv, images, fls, ids
+            j = services.jobs.get(job_id) if job_id else None
+            ids = [a.id for a in j.assets if a.kind == "image"] if j else []
+            running = j is not None and j.status in ("queued", "running")
+            if j is not None and j.status == "queued":
+                pos = services.jobs.queue_position(j.id)
+                st += f" · position {pos} in the queue" if pos else ""
+            finished = j is not None and not running and done_id != j.id
+            text = gr.update()
+            strip = recent_images(services) if done_id is None else gr.update()  # first tick after a page load
+            if done_id is None and not finished:
+                done_id = j.id if j is not None and not running else ""
+            if finished:
+                first = next((a for a in j.assets if a.kind == "image"), None)
+                text = str(first.meta.get("parameters") or "") if first else ""
+                strip = recent_images(services)
+            return (job_id, st, _bar(pct), pv, images, fls, ids, gr.update(visible=not running),
+                    gr.update(visible=running), text, strip, j.id if finished else done_id)
 
-        gr.Timer(0.5).tick(poll, inputs=job_state, outputs=[status, progress, preview, gallery, files, assets_state],
-                           show_progress="hidden")
+        gr.Timer(0.5).tick(poll, inputs=[job_state, last_done],
+                           outputs=[job_state, status, progress, preview, gallery, files, assets_state, go, cancel,
+                                    info, recent, last_done], show_progress="hidden")
 
         def pick(evt: gr.SelectData, ids: list[str]) -> tuple[str | None, str]:
             if evt.index is None or evt.index >= len(ids):

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.catalog import engine_schema
+from studio.catalog import engine_schema, sample_scenes
 from studio.errors import StudioError
 from studio.wiring import Services
 from ui.common import asset_file, fmt_job_line
@@ -35,7 +35,7 @@ def viewer_link(scene_id: str | None, mode: str = "alpha", planes_id: str | None
 def build_tab(services: Services) -> None:
     if engine_schema("splat-render") is None:
         return
-    with gr.Tab("Splat", id="splat"):
+    with gr.Tab("Splat", id="splat") as tab:
         jobs_state = gr.State({})  # role -> job id
         with gr.Row():
             with gr.Column(scale=4):
@@ -90,6 +90,22 @@ def build_tab(services: Services) -> None:
             return gr.update(choices=scene_choices(services), value=a.id), f"Loaded {Path(path).name}."
 
         upload.upload(on_upload, inputs=upload, outputs=[scene, status])
+
+        def on_open(current: str | None) -> tuple[Any, str]:
+            """The list always shows what exists now; a new user starts on a shipped sample scene."""
+            choices = scene_choices(services)
+            if not choices:
+                for path in sample_scenes():
+                    with open(path, "rb") as f:
+                        services.assets.upload(f, f"sample-{path.name}")
+                choices = scene_choices(services)
+            ids = [c[1] for c in choices]
+            value = current if current in ids else (ids[0] if ids else None)
+            note = "Sample scene loaded: orbit it, find planes, or drop your own .ply/.splat." \
+                if value and value != current else gr.update()
+            return gr.update(choices=choices, value=value), note
+
+        tab.select(on_open, inputs=scene, outputs=[scene, status])
 
         def submit_render(scene_id: str | None, az_: float, el_: float, zoom_: float, fov_: float, out: str,
                           sz: str, jobs: dict) -> tuple[dict, str, str]:
@@ -177,13 +193,19 @@ def build_tab(services: Services) -> None:
                         upd[3] = [[i, [round(x, 3) for x in p["normal"]], round(p["offset"], 3), p["count"],
                                    [round(x, 3) for x in p["extent"]] if isinstance(p["extent"], list)
                                    else round(p["extent"], 3)] for i, p in enumerate(planes)]
+                        lines[-1] += f" — {len(planes)} plane{'s' if len(planes) != 1 else ''} found" + (
+                            " (no flat surface big enough in this scene)" if not planes else "")
                     upd[4] = [asset_file(services, a) for a in j.assets if a.kind != "image"]
-                elif role == "reconstruct":
-                    upd[5] = gr.update(choices=scene_choices(services))
-            return (*upd, "\n\n".join(lines) or "No scene.")
+                elif role == "reconstruct":  # select (and so render) the new scene, once
+                    made = next((a.id for a in j.assets if a.kind == "splat"), None)
+                    if made:
+                        upd[5] = gr.update(choices=scene_choices(services), value=made)
+                        lines[-1] += " — the new scene is selected"
+                    jobs = {k: v for k, v in jobs.items() if k != "reconstruct"}
+            return (*upd, "\n\n".join(lines) or gr.update(), jobs)
 
         gr.Timer(0.5).tick(poll, inputs=[jobs_state, scene],
-                           outputs=[alpha_img, wsr_img, planes_img, planes_table, downloads, scene, status],
+                           outputs=[alpha_img, wsr_img, planes_img, planes_table, downloads, scene, status, jobs_state],
                            show_progress="hidden")
 
 
