@@ -398,3 +398,31 @@ def test_a1111_client_against_a_launched_studio(studio_server, tiny_model) -> No
     assert not t.is_alive()
     assert result["r"].status_code == 200 and result["r"].json()["images"] == []
     assert json.loads(result["r"].json()["info"])["interrupted"] is True
+
+
+
+def test_lora_prompt_tags_use_the_adapter_library(client, services, tmp_path) -> None:  # noqa: ANN001
+    """`<lora:NAME:WEIGHT>` (A1111's extra-network syntax) puts a library adapter into the job's mix.
+    (No worker: the job stays queued, its params are checked, then it is interrupted.)"""
+    from storage.models import Adapter
+    from studio.assets import new_id
+
+    f = tmp_path / "my-style.safetensors"
+    f.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    asset = services.assets.ingest_path(f, kind="adapter", mime="application/octet-stream", validate=False)
+    with services.db.session() as s:
+        s.add(Adapter(id=new_id(), name="my-style", method="lora", file_format="kohya", asset_id=asset.id))
+    assert [x["name"] for x in client.get("/sdapi/v1/loras").json()] == ["my-style"]
+    assert str(tmp_path) not in client.get("/sdapi/v1/loras").text
+    body = {"prompt": "a zq <lora:my-style:0.8>", "steps": 2, "override_settings": {"sd_model_checkpoint": "tiny"}}
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", client.post("/sdapi/v1/txt2img", json=body)))
+    t.start()
+    p = wait_for(lambda: (lambda j: j if j["state"]["job"] else None)(client.get("/sdapi/v1/progress").json()),
+                 30, 0.05, "the queued job")
+    params = services.jobs.get(p["state"]["job"]).params
+    assert params["prompt"] == "a zq" and params["adapters"] == [
+        {"adapter": asset.id, "weight": 0.8, "name": "my-style"}]
+    client.post("/sdapi/v1/interrupt")
+    t.join(30)
+    assert result["r"].status_code == 200 and json.loads(result["r"].json()["info"])["interrupted"] is True
