@@ -41,6 +41,7 @@ SAFE_METHODS = {"GET", "HEAD"}
 PUBLIC_EXACT = {"/healthz", "/login", "/logout"}
 PUBLIC_PREFIXES = ("/s/",)
 UPLOAD_PATHS = {"/api/v1/assets", "/api/v1/adapters", "/gradio_api/upload"}
+IMAGE_JSON_PATHS = {"/sdapi/v1/img2img", "/sdapi/v1/png-info"}
 
 # The UI (Gradio) needs inline scripts/styles; everything else is same-origin only.
 PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
@@ -308,6 +309,8 @@ class AccessLayer:
             return self.settings.max_upload_bytes + (1 << 20)
         if path == "/login":
             return 16 * 1024
+        if path in IMAGE_JSON_PATHS:  # A1111 clients send images as base64 inside JSON
+            return self.settings.max_upload_bytes * 4 // 3 + (1 << 20)
         return self.settings.max_json_bytes
 
     # -- responses -------------------------------------------------------------------------

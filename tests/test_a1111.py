@@ -272,9 +272,15 @@ def test_bad_input_is_422_naming_the_field_and_stores_nothing(client, services, 
 
 
 def test_oversized_and_malformed_bodies(client, services) -> None:  # noqa: ANN001
+    from studio.server import create_app
+    from studio.wiring import build
+
+    small = build(services.settings.with_(max_upload_bytes=1 << 20), upgrade=False)  # cap: 4/3 MB + 1 MB
     big = base64.b64encode(b"\x00" * (2 * 1024 * 1024)).decode()
-    r = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [big]})
+    with TestClient(create_app(small, with_ui=False)) as c:
+        r = c.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [big]})
     assert r.status_code == 413  # the access layer's body cap, before the app reads it
+    small.close()
     r = client.post("/sdapi/v1/png-info", json={"image": "not base64 at all!"})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "image"
     r = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(b"\xff\xd8\xff plain jpeg").decode()})

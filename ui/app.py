@@ -31,13 +31,15 @@ def build(services: Services) -> gr.Blocks:
             gr.Markdown(f"## Studio <small>v{__version__} · data: `{services.settings.data_dir}`</small>",
                         elem_id="studio-header")
             who = gr.HTML(elem_id="studio-user")
-        with gr.Tabs():
-            generate.build_tab(services)
+        # Gallery → Generate: the asset whose parameters to load (a hidden bridge between tabs)
+        bridge = gr.Textbox(visible=False, elem_id="gen-bridge")
+        with gr.Tabs() as tabs:
+            generate.build_tab(services, bridge)
             adapters.build_tab(services)
             splat.build_tab(services)
             run.build_tab(services)
             queue.build_tab(services)
-            gallery.build_tab(services, demo)
+            gallery.build_tab(services, demo, bridge, tabs)
         _api_endpoints(services)
         demo.load(lambda: _user_box(services), outputs=who)
     demo.queue(default_concurrency_limit=8)

@@ -33,11 +33,12 @@ def is_file_field(prop: dict[str, Any]) -> bool:
 
 
 def build_form(schema: dict[str, Any], elem_prefix: str = "", render: bool = True,
-               only: list[str] | None = None) -> dict[str, gr.components.Component]:
+               only: list[str] | None = None, preset: dict[str, Any] | None = None) -> dict[str, gr.components.Component]:
     """Create one component per property, labelled and ranged from the schema.
 
     ``render=False`` creates them unplaced so a tab can lay them out itself; ``only``
-    restricts to some fields."""
+    restricts to some fields; ``preset`` shows other starting values than the schema's
+    defaults (they are sent even when left unchanged)."""
     defs = schema.get("$defs", {})
     required = set(schema.get("required", []))
     comps: dict[str, gr.components.Component] = {}
@@ -47,7 +48,7 @@ def build_form(schema: dict[str, Any], elem_prefix: str = "", render: bool = Tru
         prop = _resolve(raw, defs)
         label = (prop.get("title") or name.replace("_", " ").title()) + (" *" if name in required else "")
         info = prop.get("description")
-        default = prop.get("default")
+        default = (preset or {}).get(name, prop.get("default"))
         elem_id = f"{elem_prefix}{name}"
         kind = prop.get("type")
         if is_file_field(raw):
@@ -113,7 +114,11 @@ def collect(schema: dict[str, Any], comps: dict[str, Any], values: dict[Any, Any
 
 
 def _unchanged(comp: Any, v: Any, prop: dict[str, Any]) -> bool:
-    """True when the user left the control as the form showed it: only changes are sent."""
+    """True when the user left a control as the form showed it and the schema has no plain default
+    to show (e.g. a list made by a factory, shown as "[]"): then the server's own default applies.
+    A shown default or a preset is sent as is."""
+    if "default" in prop:
+        return False
     shown = getattr(comp, "value", None)
     if prop.get("type") in ("array", "object") and isinstance(shown, str):
         try:

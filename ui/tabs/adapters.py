@@ -73,7 +73,8 @@ def build_tab(services: Services) -> None:
         with gr.Accordion("Train an adapter", open=False):
             gr.Markdown("Your images (.zip with optional same-name .txt captions) or a demo set from the "
                         "embedded world. The run checkpoints and resumes after a crash.")
-            comps = build_form(schema, elem_prefix="ad-train-")
+            # with no images of their own, a new user trains on a demo set (Train works with the defaults)
+            comps = build_form(schema, elem_prefix="ad-train-", preset={"demo": "striped-style"})
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="ad-train-submit")
                 train_cancel = gr.Button("Cancel", variant="stop")

@@ -10,7 +10,7 @@ from studio.wiring import Services
 from ui.common import asset_file
 
 
-def build_tab(services: Services, demo: gr.Blocks) -> None:
+def build_tab(services: Services, demo: gr.Blocks, bridge: Any = None, tabs: Any = None) -> None:
     with gr.Tab("Gallery", id="gallery"):
         with gr.Row():
             query = gr.Textbox(label="Search (prompt text, file name or asset id)", elem_id="gallery-search", scale=4)
@@ -19,6 +19,8 @@ def build_tab(services: Services, demo: gr.Blocks) -> None:
             refresh_btn = gr.Button("Refresh", scale=1)
         ids = gr.State([])
         gallery = gr.Gallery(label="Assets", columns=6, height=480, elem_id="gallery-grid", allow_preview=True)
+        chosen = gr.State(None)
+        to_gen = gr.Button("Send to Generate", elem_id="gallery-to-generate", size="sm")
         with gr.Row():
             meta = gr.JSON(label="Metadata", elem_id="gallery-meta")
             download = gr.File(label="Original file", interactive=False, elem_id="gallery-download")
@@ -106,6 +108,18 @@ def build_tab(services: Services, demo: gr.Blocks) -> None:
             ev(load, inputs=[query, kind], outputs=[gallery, ids])
             ev(choices, inputs=query, outputs=pick)
         gallery.select(select, inputs=ids, outputs=[meta, download])
+
+        def remember(evt: gr.SelectData, asset_ids: list[str]) -> str | None:
+            return asset_ids[evt.index] if evt.index is not None and evt.index < len(asset_ids) else None
+
+        gallery.select(remember, inputs=ids, outputs=chosen)
+        if bridge is not None and tabs is not None:
+            def send(asset_id: str | None) -> tuple[Any, Any]:
+                if not asset_id:
+                    raise gr.Error("select an image first")
+                return asset_id, gr.Tabs(selected="generate")
+
+            to_gen.click(send, inputs=chosen, outputs=[bridge, tabs])
         gallery.select(add_selected, inputs=[ids, pick], outputs=pick)
         share_btn.click(create, inputs=[pick, title, with_meta, expiry],
                         outputs=[link, qr, links, revoke_id, share_msg])

@@ -22,6 +22,47 @@ def model_choices(services: Services) -> list[tuple[str, str]]:
         (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list() + services.models.in_folders()]
 
 
+def params_from_png(raw: bytes, services: Services) -> dict[str, Any]:
+    """Generation parameters from a PNG's text chunks: the Studio's JSON chunk, else A1111's
+    ``parameters`` infotext (sampler names mapped to ours; unknown ones left out)."""
+    import json
+
+    from studio.a1111 import parse_infotext, png_text, studio_scheduler
+
+    text = png_text(raw) or {}
+    if text.get("studio", "").startswith("{"):
+        try:
+            d = json.loads(text["studio"])
+            p = d.get("params", d)
+            out = {k: p.get(k) for k in ("prompt", "negative_prompt", "steps", "guidance_scale", "scheduler",
+                                         "model", "width", "height", "seed")}
+            return {k: v for k, v in out.items() if v is not None}
+        except ValueError:
+            pass
+    info = text.get("parameters")
+    if not info:
+        return {}
+    d = parse_infotext(info)
+
+    def num(key: str, cast: Any) -> Any:
+        try:
+            return cast(d[key]) if key in d else None
+        except (TypeError, ValueError):
+            return None
+
+    try:
+        sched = studio_scheduler(d.get("Sampler"), d.get("Schedule type"))
+    except StudioError:
+        sched = None
+    names = {m["name"] for m in services.models.list() + services.models.in_folders()} | {"embedded"}
+    model = d.get("Model") if d.get("Model") in names else None
+    return {k: v for k, v in {
+        "prompt": d.get("Prompt") or None, "negative_prompt": d.get("Negative prompt") or None,
+        "steps": num("Steps", int), "guidance_scale": num("CFG scale", float), "seed": num("Seed", int),
+        "scheduler": sched, "model": model, "width": num("Size-1", int), "height": num("Size-2", int)}.items()
+        if v is not None}
+
+
 def facts_of(services: Services, ref: str) -> dict[str, Any]:
     """Native size, default guidance and vocabulary of a model (nothing loaded)."""
     try:
@@ -54,7 +95,7 @@ def adapter_choices(services: Services) -> list[tuple[str, str]]:
             for a in services.assets.list(kind="adapter", limit=200)]
 
 
-def build_tab(services: Services) -> None:
+def build_tab(services: Services, bridge: Any = None) -> None:
     schema = engine_schema(ENGINE)
     if schema is None:
         return
@@ -88,15 +129,19 @@ def build_tab(services: Services) -> None:
                                         info="the embedded model, a registered model, or a model in the models folder")
                     comps["scheduler"].render()
                 with gr.Row():
-                    comps["steps"].render()
+                    # numbers, not sliders: an out-of-range value is refused with a message, never clamped
+                    comps["steps"] = gr.Number(20, minimum=1, maximum=150, precision=0, label="Steps",
+                                               elem_id="gen-steps", info="denoising steps (1-150)")
                     comps["guidance_scale"] = gr.Slider(0, 30, value=facts0["guidance"], step=0.5,
                                                         label="Guidance (CFG)", elem_id="gen-guidance_scale",
                                                         info="the model's own default is preset (4 for the embedded model)")
                 with gr.Row():
                     native = gr.Checkbox(True, label="Model's native size", elem_id="gen-native", scale=1)
                     n0 = facts0["native"] or 512
-                    width = gr.Slider(32, 2048, n0, step=8, label="Width", elem_id="gen-width", scale=2)
-                    height = gr.Slider(32, 2048, n0, step=8, label="Height", elem_id="gen-height", scale=2)
+                    width = gr.Number(n0, minimum=32, maximum=2048, step=8, precision=0, label="Width",
+                                      elem_id="gen-width", scale=2, info="multiple of 8, ≤ 2048")
+                    height = gr.Number(n0, minimum=32, maximum=2048, step=8, precision=0, label="Height",
+                                       elem_id="gen-height", scale=2)
                 with gr.Row():
                     comps["seed"].render()
                     comps["batch_size"].render()
@@ -116,6 +161,10 @@ def build_tab(services: Services) -> None:
                 with gr.Row():
                     go = gr.Button("Generate  (Ctrl+Enter)", variant="primary", elem_id="gen-submit", scale=3)
                     cancel = gr.Button("Interrupt", variant="stop", elem_id="gen-cancel", scale=3, visible=False)
+                with gr.Accordion("Load parameters from a PNG (A1111, InvokeAI-style text chunks, Studio)",
+                                  open=False):
+                    png_in = gr.File(label="Drop a PNG", file_types=[".png"], elem_id="gen-load-png")
+                    load_msg = gr.Markdown(elem_id="gen-load-msg")
                 with gr.Accordion("Register a model", open=False):
                     reg_name = gr.Textbox(label="Name", elem_id="gen-reg-name")
                     reg_path = gr.Textbox(label="Diffusers folder or .safetensors file inside the models directory, or a cached hub id",
@@ -190,6 +239,52 @@ def build_tab(services: Services) -> None:
             except (StudioError, ValueError) as e:
                 raise gr.Error(str(e)) from None
             return job.id, fmt_job_line(job)
+
+        fill_outputs = [comps["prompt"], comps["negative_prompt"], comps["steps"], comps["guidance_scale"],
+                        comps["seed"], comps["scheduler"], model, native, width, height, load_msg]
+
+        def fill(values: dict[str, Any], where: str) -> tuple[Any, ...]:
+            def up(key: str) -> Any:
+                return gr.update(value=values[key]) if values.get(key) is not None else gr.update()
+
+            sized = values.get("width") is not None and values.get("height") is not None
+            return (up("prompt"), up("negative_prompt"), up("steps"), up("guidance_scale"), up("seed"),
+                    up("scheduler"), up("model"), gr.update(value=False) if sized else gr.update(), up("width"),
+                    up("height"), f"Loaded the parameters of {where}: " + ", ".join(
+                        k for k, v in values.items() if v is not None) + ".")
+
+        def from_png(file: Any) -> tuple[Any, ...]:
+            if not file:
+                return tuple(gr.update() for _ in fill_outputs)
+            path = file if isinstance(file, str) else getattr(file, "name", None) or file.get("path")
+            with open(path, "rb") as f:
+                raw = f.read(32 << 20)
+            values = params_from_png(raw, services)
+            if not values:
+                raise gr.Error("this PNG carries no generation parameters")
+            return fill(values, "the dropped PNG")
+
+        png_in.upload(from_png, inputs=png_in, outputs=fill_outputs)
+        if bridge is not None:
+            def from_asset(asset_id: str) -> tuple[Any, ...]:
+                if not asset_id:
+                    return tuple(gr.update() for _ in fill_outputs)
+                try:
+                    a = services.assets.get(asset_id)
+                except StudioError as e:
+                    raise gr.Error(str(e)) from None
+                p = a.meta.get("params") if isinstance(a.meta.get("params"), dict) else None
+                if p:  # the Studio's own record: exact
+                    values = {k: p.get(k) for k in ("prompt", "negative_prompt", "steps", "guidance_scale",
+                                                    "scheduler", "model", "width", "height")}
+                    values["seed"] = a.meta.get("seed", p.get("seed"))
+                else:
+                    values = params_from_png(services.assets.path(a.id).read_bytes()[:32 << 20], services)
+                if not values:
+                    raise gr.Error("this image carries no generation parameters")
+                return fill(values, f"gallery image {a.filename or a.id[:8]}")
+
+            bridge.change(from_asset, inputs=bridge, outputs=fill_outputs)
 
         def pick_adapters(ids: list[str]) -> str:
             import json
