@@ -22,6 +22,52 @@ def model_choices(services: Services) -> list[tuple[str, str]]:
         (f"{m['name']} ({m['kind']})", m["name"]) for m in services.models.list() + services.models.in_folders()]
 
 
+GRID_PARAMS = {"guidance_scale": float, "steps": int, "seed": int, "scheduler": str, "clock_period": int,
+               "strength": float, "negative_prompt": str}
+
+
+def grid_values(param: str, text: str) -> list[Any]:
+    """'2, 4, 7' → typed values for one grid axis (a clear error for a bad one)."""
+    cast = GRID_PARAMS.get(param)
+    if cast is None:
+        raise ValueError(f"{param} cannot be swept")
+    out = []
+    for raw in [t.strip() for t in (text or "").split(",") if t.strip()][:16]:
+        try:
+            out.append(cast(raw))
+        except ValueError:
+            raise ValueError(f"{param}: {raw!r} is not a {cast.__name__}") from None
+    if not out:
+        raise ValueError(f"give at least one value for {param}")
+    return out
+
+
+def compose_grid(paths: list[Any], grid: dict[str, Any]) -> Any:
+    """The cells in one labelled image; small images are enlarged crisply (nearest neighbour)."""
+    from PIL import Image, ImageDraw
+
+    xs, ys = grid["xs"], grid["ys"]
+    imgs = [Image.open(p).convert("RGB") if p else None for p in paths]
+    w, h = next(((i.width, i.height) for i in imgs if i is not None), (64, 64))
+    scale = max(1, 192 // max(w, h))
+    cw, ch = w * scale, h * scale
+    left, top = (110 if ys != [None] else 10), 28
+    canvas = Image.new("RGB", (left + cw * len(xs), top + ch * len(ys)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, xv in enumerate(xs):
+        draw.text((left + c * cw + 4, 8), f"{grid['x']} = {xv}"[:30], fill="black")
+    for r, yv in enumerate(ys):
+        if yv is not None:
+            draw.text((6, top + r * ch + ch // 2), f"{grid['y']} = {yv}"[:16], fill="black")
+        for c in range(len(xs)):
+            im = imgs[r * len(xs) + c]
+            if im is None:
+                draw.text((left + c * cw + 6, top + r * ch + ch // 2), "failed", fill="red")
+            else:
+                canvas.paste(im.resize((cw, ch), Image.NEAREST), (left + c * cw, top + r * ch))
+    return canvas
+
+
 def params_from_png(raw: bytes, services: Services) -> dict[str, Any]:
     """Generation parameters from a PNG's text chunks: the Studio's JSON chunk, else A1111's
     ``parameters`` infotext (sampler names mapped to ours; unknown ones left out)."""
@@ -114,6 +160,9 @@ def build_tab(services: Services, bridge: Any = None) -> None:
             with gr.Column(scale=5):
                 comps["prompt"].render()
                 words_note = gr.Markdown("", elem_id="gen-words")
+                with gr.Row():  # above the fold
+                    go = gr.Button("Generate  (Ctrl+Enter)", variant="primary", elem_id="gen-submit", scale=3)
+                    cancel = gr.Button("Interrupt", variant="stop", elem_id="gen-cancel", scale=3, visible=False)
                 with gr.Accordion("Words this model knows (click to add)", open=True, elem_id="gen-vocab",
                                   visible=facts0["vocabulary"] is not None) as vocab_box:
                     chip_sets = []
@@ -158,9 +207,20 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                     comps["init_image"].render()
                     comps["strength"].render()
                 comps["preview_every"].render()
-                with gr.Row():
-                    go = gr.Button("Generate  (Ctrl+Enter)", variant="primary", elem_id="gen-submit", scale=3)
-                    cancel = gr.Button("Interrupt", variant="stop", elem_id="gen-cancel", scale=3, visible=False)
+                with gr.Accordion("X/Y grid: one image per pair of parameter values", open=False):
+                    with gr.Row():
+                        x_param = gr.Dropdown(list(GRID_PARAMS), value="guidance_scale", label="X parameter",
+                                              elem_id="gen-x-param")
+                        x_values = gr.Textbox("2, 4, 7", label="X values (comma-separated)", elem_id="gen-x-values")
+                    with gr.Row():
+                        y_param = gr.Dropdown(["none", *GRID_PARAMS], value="steps", label="Y parameter",
+                                              elem_id="gen-y-param")
+                        y_values = gr.Textbox("8, 20", label="Y values", elem_id="gen-y-values")
+                    grid_btn = gr.Button("Generate grid", elem_id="gen-grid-submit")
+                    grid_info = gr.Markdown(elem_id="gen-grid-info")
+                    grid_img = gr.Image(label="X/Y grid", type="pil", interactive=False, elem_id="gen-grid",
+                                        elem_classes=["studio-crisp"])
+                    grid_state = gr.State(None)
                 with gr.Accordion("Load parameters from a PNG (A1111, InvokeAI-style text chunks, Studio)",
                                   open=False):
                     png_in = gr.File(label="Drop a PNG", file_types=[".png"], elem_id="gen-load-png")
@@ -285,6 +345,54 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                 return fill(values, f"gallery image {a.filename or a.id[:8]}")
 
             bridge.change(from_asset, inputs=bridge, outputs=fill_outputs)
+
+        def submit_grid(values: dict[Any, Any]) -> tuple[Any, str]:
+            try:
+                base = collect(schema, comps, values, uploader(services))
+                base["model"] = (values.get(model) or "embedded").strip()
+                if not values.get(native):
+                    base["width"], base["height"] = int(values[width]), int(values[height])
+                if "init_image" not in base:
+                    base.pop("strength", None)
+                xs = grid_values(values[x_param], values[x_values])
+                ys = grid_values(values[y_param], values[y_values]) if values[y_param] != "none" else [None]
+                if len(xs) * len(ys) > 64:
+                    raise ValueError(f"{len(xs) * len(ys)} cells: at most 64")
+                if base.get("seed", -1) == -1:  # one seed for every cell, so only the swept values differ
+                    import secrets
+
+                    base["seed"] = secrets.randbelow(2**32)
+                cells = []
+                for yv in ys:
+                    for xv in xs:
+                        p = dict(base) | {values[x_param]: xv, "batch_size": 1, "batch_count": 1}
+                        if yv is not None:
+                            p[values[y_param]] = yv
+                        cells.append(services.jobs.submit(ENGINE, p, origin="ui").id)
+            except (StudioError, ValueError) as e:
+                raise gr.Error(str(e)) from None
+            grid = {"x": values[x_param], "y": values[y_param], "xs": xs, "ys": ys, "jobs": cells}
+            return grid, f"{len(cells)} jobs queued (seed {base['seed']})."
+
+        grid_btn.click(submit_grid, inputs=set(comps.values()) | {model, native, width, height, x_param, x_values,
+                                                                  y_param, y_values},
+                       outputs=[grid_state, grid_info], trigger_mode="once")
+
+        def poll_grid(grid: dict | None) -> tuple[Any, Any, Any]:
+            if not grid or grid.get("done"):
+                return gr.update(), gr.update(), gr.update()
+            jobs = [services.jobs.get(j) for j in grid["jobs"]]
+            finished = sum(j.status in ("completed", "failed", "canceled") for j in jobs)
+            if finished < len(jobs):
+                return gr.update(), f"{finished}/{len(jobs)} cells done.", gr.update()
+            paths = []
+            for j in jobs:
+                img = next((a for a in j.assets if a.kind == "image"), None)
+                paths.append(services.assets.path(img.id) if img else None)
+            return compose_grid(paths, grid), f"{len(jobs)} cells done.", dict(grid) | {"done": True}
+
+        gr.Timer(1.0).tick(poll_grid, inputs=grid_state, outputs=[grid_img, grid_info, grid_state],
+                           show_progress="hidden")
 
         def pick_adapters(ids: list[str]) -> str:
             import json
