@@ -73,8 +73,10 @@ def build_tab(services: Services) -> None:
         with gr.Accordion("Train an adapter", open=False):
             gr.Markdown("Your images (.zip with optional same-name .txt captions) or a demo set from the "
                         "embedded world. The run checkpoints and resumes after a crash.")
-            # with no images of their own, a new user trains on a demo set (Train works with the defaults)
-            comps = build_form(schema, elem_prefix="ad-train-", preset={"demo": "striped-style"})
+            # with no images of their own, a new user trains on a demo set, briefly (a first look on a CPU;
+            # raise steps for quality): Train works with the form as it opens
+            comps = build_form(schema, elem_prefix="ad-train-",
+                               preset={"demo": "striped-style", "steps": 80, "sample_every": 40})
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="ad-train-submit")
                 train_cancel = gr.Button("Cancel", variant="stop")
