@@ -12,8 +12,9 @@
   LoRA active but unfused / with SHiRA fused, over the plain U-Net. Interleaved rounds.
 
 On the embedded model (``bench/adapter_quality.py``; skipped with ``--no-quality``, alone with
-``--quality-only``): ``concept_retention`` per method, and diversity / data copying at high
-adapter strength (``high_strength``), under ``"quality"``.
+``--quality-only``): ``concept_retention`` per method (baseline mode, mean over seeds and pairs),
+and under ``"quality"`` the per-pair / per-mode means with 95 % intervals, paired comparisons and
+diversity / data copying at high adapter strength. ``--unet tiny`` times a toy U-Net (tests).
 Prints one JSON object.
 """
 from __future__ import annotations
