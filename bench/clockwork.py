@@ -124,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     apply_threads(args)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # scoped: a global switch would break training run later in the same process
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.sd15_only:
         print(json.dumps({"sd15_unet": sd15_unet_loop(steps=args.sd15_steps, period=args.period, rounds=2)}))
         return 0
