@@ -143,7 +143,7 @@ def test_cli_run_writes_files_and_rejects_bad_params(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout.count("test-steps") == 3
     r = subprocess.run([sys.executable, "-m", "studio", "db", "upgrade"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 0 and "revision 0002" in r.stdout
+    assert r.returncode == 0 and "revision 0003" in r.stdout
 
 
 def test_worker_exits_when_the_web_process_dies(tmp_path: Path) -> None:
@@ -167,8 +167,10 @@ def test_worker_exits_when_the_web_process_dies(tmp_path: Path) -> None:
 def test_gradio_client_generates_and_cancels_t2i(studio_server, tiny_model) -> None:  # noqa: ANN001
     from gradio_client import Client
 
+    from tests.test_browser import served_model
+
     client = Client(studio_server.url + "/", verbose=False)
-    p = {"model": str(tiny_model), "prompt": "a green heart", "steps": 4, "seed": 7}
+    p = {"model": served_model(studio_server, tiny_model), "prompt": "a green heart", "steps": 4, "seed": 7}
     jid = client.predict("t2i", json.dumps(p), api_name="/submit_job")
     st = wait_for(lambda: (s := client.predict(jid, api_name="/job_status"))["status"] in ("completed", "failed") and s,
                   120, 0.2, "t2i done")

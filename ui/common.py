@@ -83,3 +83,11 @@ def uploader(services: Services):  # noqa: ANN201
         with open(path, "rb") as f:
             return services.assets.upload(f, Path(path).name).id
     return upload
+
+
+def progress_bar(pct: float) -> str:
+    """A read-only progress bar (a slider looked editable)."""
+    p = max(0.0, min(100.0, float(pct or 0)))
+    return (f"<div role='progressbar' aria-valuenow='{p:.0f}' aria-valuemin='0' aria-valuemax='100' "
+            f"style='height:8px;border-radius:4px;background:#8883'><div style='height:8px;border-radius:4px;"
+            f"width:{p:.1f}%;background:#f97316'></div></div>")

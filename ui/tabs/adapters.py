@@ -11,7 +11,7 @@ import gradio as gr
 from studio.catalog import engine_schema
 from studio.errors import StudioError
 from studio.wiring import Services
-from ui.common import asset_file, cancel_job, fmt_job_line, job_outputs, uploader
+from ui.common import asset_file, cancel_job, fmt_job_line, job_outputs, progress_bar, uploader
 from ui.forms import build_form, collect
 
 SLOTS = 4
@@ -82,9 +82,10 @@ def build_tab(services: Services) -> None:
                 train_cancel = gr.Button("Cancel", variant="stop")
             train_state = gr.State(None)
             train_status = gr.Markdown(elem_id="ad-train-status")
-            train_progress = gr.Slider(0, 100, 0, label="Progress %", interactive=False)
+            train_progress = gr.HTML(progress_bar(0), elem_id="ad-train-progress")
             train_preview = gr.Image(label="Sample preview", type="filepath", interactive=False, height=200)
-            train_out = gr.Gallery(label="Loss curve and final sample", columns=2, height=220)
+            train_out = gr.Gallery(label="Loss curve and final sample", columns=2, height=420, object_fit="contain",
+                                   elem_id="ad-train-out")
 
         def refresh_all() -> tuple[Any, ...]:
             n = names(services)
@@ -177,7 +178,7 @@ def build_tab(services: Services) -> None:
 
         def poll_train(jid: str | None) -> tuple[Any, ...]:
             st, pct, pv, images, _ = job_outputs(services, jid)
-            return st, pct, pv, images
+            return st, progress_bar(pct), pv, images
 
         gr.Timer(1.0).tick(poll_train, inputs=train_state,
                            outputs=[train_status, train_progress, train_preview, train_out], show_progress="hidden")

@@ -9,6 +9,7 @@ from studio.catalog import engine_schema, model_facts, unknown_words
 from studio.errors import StudioError
 from studio.wiring import Services
 from ui.common import asset_file, cancel_job, fmt_job_line, job_outputs, uploader
+from ui.common import progress_bar as _bar
 from ui.forms import build_form, collect
 
 ENGINE = "t2i"
@@ -126,14 +127,6 @@ def recent_images(services: Services, n: int = 16) -> list[tuple[str, str]]:
         if len(out) >= n:
             break
     return out
-
-
-def _bar(pct: float) -> str:
-    """A read-only progress bar (a slider looked editable)."""
-    p = max(0.0, min(100.0, float(pct or 0)))
-    return (f"<div role='progressbar' aria-valuenow='{p:.0f}' aria-valuemin='0' aria-valuemax='100' "
-            f"style='height:8px;border-radius:4px;background:#8883'><div style='height:8px;border-radius:4px;"
-            f"width:{p:.1f}%;background:#f97316'></div></div>")
 
 
 def adapter_choices(services: Services) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import gradio as gr
 from studio.catalog import engine_list
 from studio.errors import StudioError
 from studio.wiring import Services
-from ui.common import cancel_job, fmt_job_line, job_outputs, uploader
+from ui.common import cancel_job, fmt_job_line, job_outputs, progress_bar, uploader
 from ui.forms import build_form, collect
 
 
@@ -21,7 +21,7 @@ def build_tab(services: Services) -> None:
                     "jobs go to the queue and survive restarts.")
         job_state = gr.State(None)
         status = gr.Markdown("No job yet.", elem_id="run-status", render=False)
-        progress = gr.Slider(0, 100, value=0, label="Progress %", interactive=False, elem_id="run-progress", render=False)
+        progress = gr.HTML(progress_bar(0), elem_id="run-progress", render=False)
         preview = gr.Image(label="Live preview", type="filepath", interactive=False, render=False, height=256)
         gallery = gr.Gallery(label="Outputs", elem_id="run-gallery", render=False, height=320)
         files = gr.File(label="Download", file_count="multiple", interactive=False, render=False)
@@ -61,5 +61,9 @@ def build_tab(services: Services) -> None:
 
         cancel_btn.click(lambda jid: cancel_job(services, jid), inputs=job_state, outputs=status)
         timer = gr.Timer(0.5)
-        timer.tick(lambda jid: job_outputs(services, jid), inputs=job_state,
+        def poll(jid: str | None) -> tuple[Any, ...]:
+            st, pct, pv, images, fls = job_outputs(services, jid)
+            return st, progress_bar(pct), pv, images, fls
+
+        timer.tick(poll, inputs=job_state,
                    outputs=[status, progress, preview, gallery, files], show_progress="hidden")
