@@ -198,7 +198,10 @@ def off_process(fn: Any, *args: Any, timeout: float = PARSE_TIMEOUT_S) -> Any:
 
     with _POOL_LOCK:
         if not _POOL:
+            import atexit
+
             _POOL.append(cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")))
+            atexit.register(_POOL[0].shutdown, wait=False, cancel_futures=True)  # before interpreter teardown
         pool = _POOL[0]
     try:
         return pool.submit(fn, *args).result(timeout=timeout)
