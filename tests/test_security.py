@@ -87,7 +87,10 @@ def test_every_route_needs_a_session_except_login_health_and_share(secured) -> N
 TARGETS = [("POST", "/api/v1/jobs"), ("GET", "/api/v1/jobs"), ("POST", "/api/v1/assets"), ("GET", "/"),
            ("POST", "/gradio_api/upload"), ("POST", "/gradio_api/call/submit_job"), ("GET", "/config"),
            ("GET", "/static/splat/viewer.html"), ("GET", "/docs"), ("POST", "/api/v1/jobs/x/cancel"),
-           ("POST", "/api/v1/jobs/x/retry"), ("POST", "/api/v1/adapters"), ("POST", "/api/v1/shares")]
+           ("POST", "/api/v1/jobs/x/retry"), ("POST", "/api/v1/adapters"), ("POST", "/api/v1/shares"),
+           ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("GET", "/sdapi/v1/progress"),
+           ("POST", "/sdapi/v1/interrupt"), ("POST", "/sdapi/v1/skip"), ("GET", "/sdapi/v1/sd-models"),
+           ("POST", "/sdapi/v1/options"), ("POST", "/sdapi/v1/png-info")]
 
 
 @pytest.fixture

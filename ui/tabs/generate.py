@@ -280,15 +280,19 @@ def build_tab(services: Services, bridge: Any = None) -> None:
         comps["prompt"].change(check_words, inputs=[comps["prompt"], model], outputs=words_note,
                                trigger_mode="always_last", show_progress="hidden")
 
+        def form_params(values: dict[Any, Any]) -> dict[str, Any]:
+            """The t2i params the form describes (shared by Generate and the X/Y grid)."""
+            params = collect(schema, comps, values, uploader(services))
+            params["model"] = (values.get(model) or "embedded").strip()
+            if not values.get(native):
+                params["width"], params["height"] = int(values[width]), int(values[height])
+            if "init_image" not in params:
+                params.pop("strength", None)
+            return params
+
         def submit(values: dict[Any, Any]) -> tuple[str, str]:
             try:
-                params = collect(schema, comps, values, uploader(services))
-                params["model"] = (values.get(model) or "embedded").strip()
-                if not values.get(native):
-                    params["width"], params["height"] = int(values[width]), int(values[height])
-                if "init_image" not in params:
-                    params.pop("strength", None)
-                job = services.jobs.submit(ENGINE, params, origin="ui")
+                job = services.jobs.submit(ENGINE, form_params(values), origin="ui")
             except (StudioError, ValueError) as e:
                 raise gr.Error(str(e)) from None
             return job.id, fmt_job_line(job)
@@ -341,12 +345,7 @@ def build_tab(services: Services, bridge: Any = None) -> None:
 
         def submit_grid(values: dict[Any, Any]) -> tuple[Any, str]:
             try:
-                base = collect(schema, comps, values, uploader(services))
-                base["model"] = (values.get(model) or "embedded").strip()
-                if not values.get(native):
-                    base["width"], base["height"] = int(values[width]), int(values[height])
-                if "init_image" not in base:
-                    base.pop("strength", None)
+                base = form_params(values)
                 xs = grid_values(values[x_param], values[x_values])
                 ys = grid_values(values[y_param], values[y_values]) if values[y_param] != "none" else [None]
                 if len(xs) * len(ys) > 64:
