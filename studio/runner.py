@@ -5,16 +5,19 @@ job and a queued job take the same path from params to assets.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import threading
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 
 from engines import registry
 from engines.base import Cancelled, EngineContext, EngineError, ProgressEvent, Throttle
@@ -98,6 +101,13 @@ class JobRunner:
             with self._lock:
                 self.active.discard(job_id)
             shutil.rmtree(work, ignore_errors=True)
+            self._drop_preview(job_id)
+
+    def _drop_preview(self, job_id: str) -> None:
+        """A preview only shows a running job (UI and /progress stop showing it at the end; the
+        assets are the result), so it goes with the job: one file per job forever is unbounded."""
+        (self.settings.previews_dir / f"{job_id}.png").unlink(missing_ok=True)
+        self._set(job_id, preview_path=None)
 
     def _execute(self, job_id: str, work: Path) -> str:
         job = self.jobs.get(job_id)
@@ -209,12 +219,8 @@ class JobRunner:
     def _state_dir(self, job_id: str) -> Path:
         """Per-params persistent dir: a retry of the same job (same engine + params) finds the
         checkpoints of the interrupted run and resumes."""
-        import hashlib
-        import json
-
         job = self.jobs.get(job_id)
-        key = hashlib.sha256(json.dumps([job.engine, job.params], sort_keys=True).encode()).hexdigest()[:24]
-        d = self.settings.data_dir / "state" / job.engine / key
+        d = state_root(self.settings) / job.engine / state_key(job.engine, job.params)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -225,6 +231,102 @@ class JobRunner:
         if ids:
             with self.db.session() as s:
                 s.execute(update(Job).where(Job.id.in_(ids)).values(heartbeat_at=utcnow()))
+
+
+def state_root(settings: Settings) -> Path:
+    return settings.data_dir / "state"
+
+
+def state_key(engine: str, params: dict[str, Any]) -> str:
+    """Jobs with the same engine and params share checkpoints (a retry resumes its original)."""
+    return hashlib.sha256(json.dumps([engine, params], sort_keys=True).encode()).hexdigest()[:24]
+
+
+STATE_KEEP_S = 7 * 24 * 3600.0  # a failed/canceled job's checkpoints wait this long for a manual retry
+TEMP_KEEP_S = 60.0  # a preview temp file older than this belongs to a writer that died
+
+
+def sweep_job_files(settings: Settings, db: Any, *, state: bool = True) -> dict[str, int]:
+    """Delete the files of jobs that no longer run: their work dirs and previews (a worker
+    killed with SIGKILL never ran its cleanup), and checkpoints no queued, running or recently
+    failed job can resume from. Run after recovery has failed the dead workers' jobs.
+
+    Only entries directly inside the work, previews and state areas are touched, and links
+    are unlinked, never followed. Each area is listed before the jobs table is read, so a job
+    that starts meanwhile is seen as running and keeps its files.
+    """
+    work = _entries(settings.work_root)
+    previews = _entries(settings.previews_dir)
+    keys: list[Path] = []  # state/<engine>/<key>
+    stray: list[Path] = []  # anything else directly in state/
+    if state:
+        for engine_dir in _entries(state_root(settings)):
+            if engine_dir.is_dir() and not engine_dir.is_symlink():
+                keys += _entries(engine_dir)
+            else:
+                stray.append(engine_dir)
+    cutoff = utcnow() - timedelta(seconds=STATE_KEEP_S)
+    with db.session() as s:
+        running = set(s.scalars(select(Job.id).where(Job.status == "running")))
+        resumable = set()
+        if keys:
+            rows = s.execute(select(Job.engine, Job.params).where(or_(
+                Job.status.in_(("queued", "running")),
+                Job.status.in_(("failed", "canceled")) & (Job.finished_at >= cutoff))))
+            resumable = {(engine, state_key(engine, dict(params or {}))) for engine, params in rows}
+    out = {"work": 0, "previews": 0, "state": 0}
+    for p in work:
+        if p.name not in running:
+            out["work"] += _remove(p)
+    now = time.time()
+    gone = []
+    for p in previews:
+        if p.name.startswith(".w-"):  # atomic_write_bytes temp file
+            if _age(p, now) > TEMP_KEEP_S:
+                out["previews"] += _remove(p)
+        elif p.suffix == ".png" and p.stem not in running:
+            out["previews"] += _remove(p)
+            gone.append(p.stem)
+    for i in range(0, len(gone), 500):
+        with db.session() as s:
+            s.execute(update(Job).where(Job.id.in_(gone[i:i + 500]), Job.status != "running")
+                      .values(preview_path=None))
+    out["state"] += sum(_remove(p) for p in stray)
+    for k in keys:
+        if (k.parent.name, k.name) not in resumable:
+            out["state"] += _remove(k)
+            try:
+                k.parent.rmdir()  # the engine's folder, once empty
+            except OSError:
+                pass
+    return out
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _age(p: Path, now: float) -> float:
+    try:
+        return now - p.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove(p: Path) -> int:
+    """Remove one entry; a link is removed itself, whatever it points at."""
+    try:
+        if p.is_symlink() or not p.is_dir():
+            p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(p)
+        return 1
+    except OSError as e:
+        log.warning("could not remove %s: %s", p, e)
+        return 0
 
 
 def _one_line(e: BaseException) -> str:

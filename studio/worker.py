@@ -14,6 +14,7 @@ import socket
 import threading
 
 from studio.config import Settings
+from studio.runner import sweep_job_files
 from studio.wiring import Services, build, build_runner
 
 log = logging.getLogger("studio.worker")
@@ -41,11 +42,21 @@ def worker_alive(worker_id: str, self_id: str = "") -> bool:
     return True
 
 
-def recover(services: Services, self_id: str = "") -> dict[str, list[str]]:
+def recover(services: Services, self_id: str = "", *, sweep_state: bool = True) -> dict[str, list[str]]:
+    """Fail the jobs of dead workers (retrying or re-enqueueing what can be), then delete the
+    files only those jobs used: a SIGKILLed worker leaves its work dirs and previews behind.
+    ``sweep_state=False`` skips the checkpoint sweep (it hashes params; the start pass does it)."""
     out = services.jobs.recover(alive=lambda wid: worker_alive(wid, self_id),
                                 stale_after_s=services.settings.stale_after_s)
     if any(out.values()):
         log.warning("recovery: %s", out)
+    try:
+        swept = sweep_job_files(services.settings, services.db, state=sweep_state)
+    except Exception:  # a locked DB or an odd file must not stop the worker; the next pass retries
+        log.exception("sweeping job files failed")
+    else:
+        if any(swept.values()):
+            log.info("removed files of finished jobs: %s", swept)
     return out
 
 
@@ -70,7 +81,7 @@ def run_worker(settings: Settings, workers: int | None = None, parent_pid: int |
                 runner.beat()
                 n += 1
                 if n % 5 == 0:  # catch jobs of workers that died while we run
-                    recover(services, runner.worker_id)
+                    recover(services, runner.worker_id, sweep_state=False)
             except Exception:  # a locked DB must not kill the heartbeat
                 log.exception("heartbeat failed")
 

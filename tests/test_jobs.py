@@ -160,3 +160,64 @@ def test_live_worker_jobs_are_left_alone(services) -> None:  # noqa: ANN001
 
     assert recover(services, "self")["interrupted"] == []
     assert services.jobs.get(job.id).status == "running"
+
+
+def test_previews_stay_bounded_after_many_jobs(services) -> None:  # noqa: ANN001
+    """Every job writes a preview while it runs; whatever its end, the file goes with it."""
+    runner = build_runner(services)
+    ends = []
+    for i in range(12):
+        params = {"steps": 2, "step_s": 0, "images": 0, "prompt": str(i)} | ({"fail_at": 1} if i % 3 == 2 else {})
+        job = services.jobs.submit("test-steps", params, enqueue=False)
+        ends.append(runner.execute(job.id))
+        assert not services.jobs.get(job.id).has_preview
+    assert set(ends) == {"completed", "failed"}
+    assert list(services.settings.previews_dir.iterdir()) == []
+
+
+def test_kill_drill_leaves_no_work_dirs_and_keeps_resumable_checkpoints(services, tmp_path) -> None:  # noqa: ANN001
+    """SIGKILL a real worker process mid-job, then recover: the dead job's work dir and preview
+    are gone, its checkpoints stay for the linked retry, checkpoints no job can resume are gone,
+    and nothing outside the work area is touched (a link there is removed, not followed)."""
+    import os
+    import signal
+    from datetime import timedelta
+
+    from storage.models import utcnow
+    from studio.runner import state_key
+    from studio.server import spawn_worker, stop_worker
+    from studio.worker import recover
+    from tests.conftest import wait_for
+
+    s = services.settings
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (s.work_root / "stray-link").symlink_to(outside, target_is_directory=True)
+    (s.work_root / "finished-long-ago").mkdir()
+    old = services.jobs.submit("test-steps", {"steps": 3, "prompt": "old"}, enqueue=False)
+    with services.db.session() as sess:
+        sess.execute(update(Job).where(Job.id == old.id).values(status="failed", finished_at=utcnow()
+                                                                - timedelta(days=30)))
+    old_state = s.data_dir / "state" / "test-steps" / state_key("test-steps", old.params)
+    old_state.mkdir(parents=True)
+
+    victim = services.jobs.submit("test-steps", {"steps": 2000, "step_s": 0.05})
+    proc = spawn_worker(s, 1)
+    try:
+        wait_for(lambda: services.jobs.get(victim.id).has_preview, 60, 0.1, "victim running with a preview")
+        work = s.work_root / victim.id
+        state = s.data_dir / "state" / "test-steps" / state_key("test-steps", victim.params)
+        assert work.is_dir() and state.is_dir()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop_worker(proc)
+    assert work.is_dir()  # what a SIGKILL leaves behind
+
+    out = recover(services, "self")
+    assert out["interrupted"] == [victim.id] and len(out["retried"]) == 1
+    assert list(s.work_root.iterdir()) == []
+    assert list(s.previews_dir.iterdir()) == [] and not services.jobs.get(victim.id).has_preview
+    assert state.is_dir(), "the queued retry resumes from these checkpoints"
+    assert not old_state.exists()
+    assert (outside / "keep").is_dir()
