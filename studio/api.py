@@ -33,8 +33,9 @@ def build_api(services: Services) -> FastAPI:
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def healthz() -> dict[str, Any]:
+        w = jobs.worker()
+        return {"status": "ok", "version": __version__} | ({"worker": w} if w is not None else {})
 
     @app.get("/api/v1/engines")
     def engines() -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
@@ -106,6 +106,8 @@ class JobService:
         self.queue = queue
         self.assets = assets
         self.max_auto_retries = max_auto_retries
+        # set by the process that supervises the worker (studio serve): its status() dict
+        self.worker_status: Callable[[], dict[str, Any]] | None = None
 
     # -- submit --------------------------------------------------------------------------
     def submit(self, engine: str, params: dict[str, Any], *, priority: int = 0, origin: Origin = "cli",
@@ -256,6 +258,11 @@ class JobService:
         with self.db.session() as s:
             job = self._visible_job(s, job_id)
             return Path(job.preview_path) if job.preview_path else None
+
+    def worker(self) -> dict[str, Any] | None:
+        """The supervised worker: alive, restarts, last exit (e.g. 'SIGKILL'), last restart
+        time; None where this process supervises none (``--no-worker``, CLI, tests)."""
+        return self.worker_status() if self.worker_status is not None else None
 
     # -- control -------------------------------------------------------------------------
     def cancel(self, job_id: str) -> JobDTO:

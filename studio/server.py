@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from studio.access import AccessLayer, install
@@ -77,34 +78,86 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait()
 
 
+def exit_reason(returncode: int | None) -> str:
+    """'SIGKILL' for a process killed by a signal, 'exit 3' for one that exited by itself."""
+    if returncode is None:
+        return "running"
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit {returncode}"
+
+
 class WorkerSupervisor:
     """Keeps one worker process alive: a crashed worker (OOM kill, segfault) is restarted,
-    and its recovery pass fails/re-enqueues what it was running."""
+    and its recovery pass fails/re-enqueues what it was running.
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    Restarts back off (1 s, 2 s, … 30 s) so a worker that dies at start does not spin, and the
+    backoff starts over once a worker has stayed up ``healthy_s``: a crash a week later is
+    restarted in a second, not in the 30 s earned by crashes long ago. Every exit is logged to
+    the server log and kept for ``/healthz`` and the Queue tab (``status()``).
+    """
+
+    FIRST_DELAY_S = 1.0
+    MAX_DELAY_S = 30.0
+    HEALTHY_S = 60.0
+
+    def __init__(self, settings: Settings, workers: int, *, spawn=None, clock=time.monotonic,  # noqa: ANN001
+                 start: bool = True) -> None:
         self.settings = settings
         self.workers = workers
-        self.proc = spawn_worker(settings, workers)
+        self._spawn = spawn or (lambda: spawn_worker(settings, workers))
+        self._clock = clock
         self._stop = threading.Event()
         self.restarts = 0
+        self.delay = self.FIRST_DELAY_S
+        self.last_exit: str | None = None
+        self.last_restart_at: str | None = None
+        self.proc = self._spawn()
+        self.started = clock()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
-        self._thread.start()
+        if start:
+            self._thread.start()
 
     def _watch(self) -> None:
-        delay = 1.0
         while not self._stop.wait(0.5):
             if self.proc.poll() is None:
                 continue
-            log.warning("worker exited with %s; restarting in %.0fs", self.proc.returncode, delay)
+            delay = self.exited()
             if self._stop.wait(delay):
                 return
-            self.proc = spawn_worker(self.settings, self.workers)
-            self.restarts += 1
-            delay = min(delay * 2, 30.0)
+            self.restart()
+
+    def exited(self) -> float:
+        """Record and log the exit of the current worker; returns the delay before the restart."""
+        up = self._clock() - self.started
+        if up >= self.HEALTHY_S:
+            self.delay = self.FIRST_DELAY_S
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.MAX_DELAY_S)
+        self.last_exit = exit_reason(self.proc.returncode)
+        log.warning("worker pid %s exited (%s) after %.0fs up; restart %d in %.0fs", self.proc.pid, self.last_exit,
+                    up, self.restarts + 1, delay)
+        return delay
+
+    def restart(self) -> None:
+        self.proc = self._spawn()
+        self.started = self._clock()
+        self.restarts += 1
+        self.last_restart_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        log.warning("worker restarted (pid %s, restart %d)", self.proc.pid, self.restarts)
+
+    def status(self) -> dict[str, object]:
+        """What /healthz and the Queue tab say about the worker."""
+        return {"alive": self.proc.poll() is None, "restarts": self.restarts,
+                "last_exit": self.last_exit, "last_restart_at": self.last_restart_at}
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         stop_worker(self.proc)
 
 
@@ -129,6 +182,8 @@ def serve(settings: Settings, *, worker: bool = True, workers: int | None = None
                   "  (change it with `studio users passwd admin`; add users with `studio users add NAME`)", flush=True)
     app = create_app(services)
     sup = WorkerSupervisor(settings, workers or settings.workers) if worker else None
+    if sup is not None:
+        services.jobs.worker_status = sup.status
     where = f"http://{settings.host}:{settings.port}/"
     print(f"Studio on {where}  (data: {settings.data_dir}; accounts {'on' if settings.auth_enabled else 'off'})",
           flush=True)

@@ -71,7 +71,8 @@ def test_gradio_client_submits_and_cancels(studio_server) -> None:  # noqa: ANN0
 def test_worker_sigkill_mid_job_is_recovered(tmp_path: Path) -> None:
     """Kill -9 the worker mid-job: the supervisor restarts it, the job becomes failed
     'interrupted' and (idempotent engine) a linked retry runs to completion; queued jobs
-    behind it still run. Nothing stays 'running'."""
+    behind it still run. Nothing stays 'running', the killed job's work dir and preview are
+    gone, and the restart is in the server log and /healthz."""
     srv = StudioProcess(tmp_path / "data", free_port())
     try:
         srv.worker_ready()
@@ -88,6 +89,12 @@ def test_worker_sigkill_mid_job_is_recovered(tmp_path: Path) -> None:
         done = wait_status(srv, retries[0]["id"], {"completed", "failed"}, 90)
         assert done["status"] == "completed"
         assert httpx.get(f"{srv.url}/api/v1/jobs", params={"status": "running"}).json() == []
+        data = srv.data_dir
+        assert list((data / "work").iterdir()) == [] and list((data / "previews").iterdir()) == []
+        w = httpx.get(f"{srv.url}/healthz").json()["worker"]
+        assert w["alive"] and w["restarts"] == 1 and w["last_exit"] == "SIGKILL" and w["last_restart_at"]
+        log = srv.log.read_text()
+        assert f"worker pid {pid} exited (SIGKILL)" in log and "worker restarted" in log, log[-2000:]
     finally:
         assert srv.stop() == 0
 

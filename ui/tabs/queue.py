@@ -20,6 +20,18 @@ def rows(services: Services, status: str) -> list[list[Any]]:
              j.retried_from or ""] for j in jobs]
 
 
+def worker_line(services: Services) -> str:
+    """One line on the supervised worker, so a crash loop or a kill shows where jobs are watched."""
+    w = services.jobs.worker()
+    if w is None:
+        return ""
+    parts = ["Worker: " + ("running" if w["alive"] else f"**not running** ({w['last_exit']}; restarting)")]
+    if w["restarts"]:
+        when = (w["last_restart_at"] or "").replace("T", " ").rstrip("Z")
+        parts.append(f"restarted {w['restarts']}× (last exit {w['last_exit']}, at {when} UTC)")
+    return " · ".join(parts)
+
+
 def build_tab(services: Services) -> None:
     with gr.Tab("Queue", id="queue"):
         with gr.Row():
@@ -31,12 +43,14 @@ def build_tab(services: Services) -> None:
             selected = gr.Textbox(label="Selected job id", elem_id="queue-selected", scale=3)
             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="queue-cancel", scale=1)
             retry_btn = gr.Button("Retry", elem_id="queue-retry", scale=1)
+        worker = gr.Markdown(worker_line(services), elem_id="queue-worker")
         detail = gr.Markdown(elem_id="queue-detail")
         params = gr.JSON(label="Params and error", elem_id="queue-json")
 
-        def refresh(status: str) -> tuple[list[list[Any]], str]:
+        def refresh(status: str) -> tuple[list[list[Any]], str, str]:
             c = services.jobs.counts()
-            return rows(services, status), " · ".join(f"{k}: {v}" for k, v in sorted(c.items())) or "no jobs"
+            return (rows(services, status), " · ".join(f"{k}: {v}" for k, v in sorted(c.items())) or "no jobs",
+                    worker_line(services))
 
         def pick(evt: gr.SelectData, data: Any) -> str:
             r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -66,5 +80,5 @@ def build_tab(services: Services) -> None:
         selected.change(show, inputs=selected, outputs=[detail, params])
         cancel_btn.click(lambda jid: act(jid, "cancel"), inputs=selected, outputs=detail)
         retry_btn.click(lambda jid: act(jid, "retry"), inputs=selected, outputs=detail)
-        status_filter.change(refresh, inputs=status_filter, outputs=[table, counts])
-        gr.Timer(1.0).tick(refresh, inputs=status_filter, outputs=[table, counts], show_progress="hidden")
+        status_filter.change(refresh, inputs=status_filter, outputs=[table, counts, worker])
+        gr.Timer(1.0).tick(refresh, inputs=status_filter, outputs=[table, counts, worker], show_progress="hidden")
