@@ -1,6 +1,6 @@
 """Submit→start latency of the job queue, measured against a launched Studio.
 
-Starts launch.py (web + huey consumer process) on a scratch data dir, submits N jobs of
+Starts ``studio serve`` (web + huey consumer process) on a scratch data dir, submits N jobs of
 the test engine one at a time over REST, and reads each job's created/started times from
 the jobs table. Prints one JSON object.
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -28,12 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    os.environ["STUDIO_EXTRA_ENGINES"] = "test-steps=tests.fake_engines:StepEngine"
     import httpx
 
-    from tests.conftest import StudioProcess, free_port, wait_for
+    from bench.harness import StudioProcess, free_port, wait_for
 
     with tempfile.TemporaryDirectory() as td:
         srv = StudioProcess(Path(td) / "data", free_port())

@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
-    os.environ["STUDIO_EXTRA_ENGINES"] = "test-steps=tests.fake_engines:StepEngine"
+    from bench.harness import TEST_ENGINES, StudioProcess, free_port
+
+    os.environ["STUDIO_EXTRA_ENGINES"] = TEST_ENGINES  # the in-process services below know test-steps
     import httpx
     from PIL import Image
 
@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     from studio.config import load
     from studio.server import create_app
     from studio.wiring import build
-    from tests.conftest import StudioProcess, free_port
 
     with tempfile.TemporaryDirectory() as td:
         data = Path(td) / "secure"
