@@ -106,8 +106,11 @@ class JobRunner:
     def _drop_preview(self, job_id: str) -> None:
         """A preview only shows a running job (UI and /progress stop showing it at the end; the
         assets are the result), so it goes with the job: one file per job forever is unbounded."""
-        (self.settings.previews_dir / f"{job_id}.png").unlink(missing_ok=True)
-        self._set(job_id, preview_path=None)
+        try:
+            (self.settings.previews_dir / f"{job_id}.png").unlink(missing_ok=True)
+            self._set(job_id, preview_path=None)
+        except Exception:  # noqa: BLE001 - the job's verdict stands; the recovery sweep retries
+            log.warning("could not drop the preview of job %s", job_id, exc_info=True)
 
     def _execute(self, job_id: str, work: Path) -> str:
         job = self.jobs.get(job_id)
