@@ -181,7 +181,7 @@ def train_adapter(model_dir: Path, method: str, dataset: Path, trigger: str, see
     work = CACHE / f"work-{key}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    ctx = EngineContext(work_dir=work, load_model=lambda ref, k, build: build(ModelSpec(ref, "diffusers", model_dir)))
+    ctx = EngineContext(work_dir=work, resolve_model=lambda ref: ModelSpec(ref, "diffusers", model_dir))
     t0 = time.perf_counter()
     res = AdapterTrainEngine().run(p, ctx)
     art = next(a for a in res.artifacts if a.kind == "adapter")
@@ -232,7 +232,7 @@ class Generator:
 
     def __init__(self, model_dir: Path, steps: int, guidance: float) -> None:
         from engines.base import EngineContext, ModelSpec
-        from engines.t2i.engine import load_pipeline
+        from engines.pipelines import load_pipeline
         from engines.world import models as M
         from engines.world.paths import judge_dir
 
@@ -245,13 +245,10 @@ class Generator:
 
     def images(self, mix: list[tuple[Path, float]], prompts: list[str], seed: int = 0) -> torch.Tensor:
         """(N, 3, 64, 64) in [0, 1] with ``mix`` fused; the mix is undone afterwards."""
-        from engines.t2i.engine import apply_adapters
-        from engines.t2i.params import AdapterUse, T2IParams
+        from engines.adapters.apply import AdapterUse, apply_adapters
         from engines.world.eval import _images
 
-        params = T2IParams(prompt="-", adapter_mode="fused",
-                           adapters=[AdapterUse(adapter=str(p), weight=w) for p, w in mix])
-        _, _, undo = apply_adapters(self.loaded, params, self.ctx)
+        _, _, undo = apply_adapters(self.loaded, [AdapterUse(Path(p), w) for p, w in mix], "fused")
         try:
             with torch.inference_mode():
                 x = _images(self.loaded.pipe, prompts, self.steps, self.guidance, seed, batch=16)

@@ -133,7 +133,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({"sd15_unet": sd15_unet_loop(steps=args.sd15_steps, period=args.period, rounds=2)}))
         return 0
     from engines.base import ModelSpec
-    from engines.t2i.engine import adaptor_path, load_pipeline
+    from engines.pipelines import load_pipeline
+    from engines.t2i.engine import adaptor_path
 
     path = resolve_model(args.model)
     spec = ModelSpec(ref=args.model, kind="diffusers", path=path)

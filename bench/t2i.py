@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args)
     import torch
 
-    from engines.t2i.engine import load_pipeline
+    from engines.pipelines import load_pipeline
     from studio.config import load
     from studio.wiring import build, build_runner
 

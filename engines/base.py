@@ -98,6 +98,9 @@ class EngineContext:
     # load_model(ref, key, build) -> object: resolves ``ref`` to a ModelSpec, then returns the
     # worker-cached result of ``build(spec)`` for (spec, key, device, dtype).
     load_model: Callable[[str, str, Callable[[ModelSpec], Any]], Any] | None = None
+    # resolve_model(ref) -> ModelSpec without loading or caching anything (training engines
+    # build a private copy of the model and must not occupy the worker's model cache).
+    resolve_model: Callable[[str], ModelSpec] | None = None
     resolve_input: Callable[[str], Path] = Path
     # Survives crashes and retries of the same params (checkpoints for resume); removed by the
     # Studio when the job completes. None when the caller offers no persistence.
@@ -115,6 +118,11 @@ class EngineContext:
         if self.load_model is None:
             raise EngineError("this context has no model loader")
         return self.load_model(ref, key, build)
+
+    def model_spec(self, ref: str) -> ModelSpec:
+        if self.resolve_model is None:
+            raise EngineError("this context cannot resolve models")
+        return self.resolve_model(ref)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ BENCHES = {
     "adapters": "bench.adapters:main",
     "splat": "bench.splat:main",
     "security": "bench.security:main",
+    "soak": "bench.soak:main",
 }
 EVALS = {
     "world": "engines.world.eval:main",

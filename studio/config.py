@@ -34,10 +34,15 @@ class Settings:
     stale_after_s: float = 20.0  # a running job with no heartbeat for this long is dead
     poll_s: float = 0.05  # huey consumer poll interval (submit->start latency)
     progress_per_s: float = 4.0
-    model_cache_size: int = 2
+    model_cache_mb: int = 0  # loaded models per worker, in MB; 0 = sized to the machine (40 % RAM / 80 % GPU)
+    adapter_cache_mb: int = 1024  # adapters kept loaded per cached pipeline
     max_auto_retries: int = 1
     default_model: str = "embedded"
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def adapter_cache_bytes(self) -> int:
+        return self.adapter_cache_mb << 20
 
     @property
     def db_path(self) -> Path:
@@ -132,7 +137,7 @@ def load(data_dir: str | Path | None = None, **overrides: object) -> Settings:
     for key, cast in (("device", str), ("dtype", str), ("workers", int), ("max_upload_bytes", int),
                       ("stale_after_s", float), ("heartbeat_s", float), ("default_model", str), ("auth", str),
                       ("public_urls", words), ("allowed_hosts", words), ("max_json_bytes", int),
-                      ("share_server_address", str)):
+                      ("share_server_address", str), ("model_cache_mb", int), ("adapter_cache_mb", int)):
         raw = os.environ.get(f"STUDIO_{key.upper()}")
         if raw:
             env_over[key] = cast(raw)

@@ -1,4 +1,4 @@
-"""Model references → local files, and a per-worker LRU of loaded models.
+"""Model references → local files, and a per-worker, byte-budgeted LRU of loaded models.
 
 A reference is: ``embedded`` (the shipped world model), a registered name, a local
 diffusers folder, a single ``.safetensors`` file, or a hub id found in the local
@@ -6,10 +6,12 @@ Hugging Face cache. Nothing is ever downloaded: a miss is an immediate ModelNotF
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +21,7 @@ from engines.base import ModelNotFound, ModelSpec
 from storage.db import Database
 from storage.models import ModelRef
 
+log = logging.getLogger("studio.models")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 EMBEDDED = ("embedded", "")
 
@@ -33,15 +36,31 @@ WEB_MISS = ("model {ref!r} is not available: use 'embedded', a registered model 
             "(`studio models register NAME PATH` on the server), or a model folder in the models directory")
 
 
+@dataclass
+class _Entry:
+    obj: Any
+    stamp: tuple[Any, ...]  # what the model files looked like when loaded
+
+
 class ModelManager:
-    def __init__(self, db: Database, cache_size: int = 2, default_ref: str = "embedded",
+    """Resolves references and caches what engines build from them.
+
+    The cache is an LRU charged in bytes (``budget_bytes``; 0 = sized to the machine: 40 % of
+    RAM for CPU models, 80 % of the GPU for CUDA ones). Each entry is re-measured at every
+    load, so adapters a pipeline picked up count too. Building happens outside the global
+    lock (one lock per key), so a slow load never blocks hits on other models.
+    """
+
+    def __init__(self, db: Database, budget_bytes: int = 0, default_ref: str = "embedded",
                  roots: tuple[Path, ...] = ()) -> None:
         self.db = db
         self.roots = tuple(Path(r).resolve() for r in roots)  # folders a web client may name models in
         self.default_ref = default_ref
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.budget_bytes = budget_bytes
+        self._cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+        self._building: dict[tuple[Any, ...], threading.Lock] = {}
         self._lock = threading.RLock()
+        self.evictions = 0
 
     # -- resolution ----------------------------------------------------------------------
     def resolve(self, ref: str | None, *, allow_paths: bool = True) -> ModelSpec:
@@ -142,8 +161,7 @@ class ModelManager:
 
     @staticmethod
     def _from_hub_cache(repo_id: str, ref: str) -> ModelSpec:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
+        try:  # local_files_only: never a network call (HF_HUB_OFFLINE is set once by studio.wiring)
             from huggingface_hub import snapshot_download
 
             path = Path(snapshot_download(repo_id, local_files_only=True))
@@ -188,30 +206,118 @@ class ModelManager:
 
     # -- loading -------------------------------------------------------------------------
     def load(self, ref: str | None, key: str, build: Callable[[ModelSpec], Any], device: str, dtype: str) -> Any:
-        """Return the cached ``build(spec)`` for this model/key/device/dtype, building on a miss."""
+        """Return the cached ``build(spec)`` for this model/key/device/dtype, building on a miss
+        (or when the model's files changed on disk)."""
         spec = self.resolve(ref)
         stamp = _stamp(spec.path)
-        cache_key = (str(spec.path), stamp, key, device, dtype)
+        ck = (str(spec.path), key, device, dtype)
         with self._lock:
-            if cache_key in self._cache:
-                self._cache.move_to_end(cache_key)
-                return self._cache[cache_key]
+            entry = self._cache.get(ck)
+            if entry is not None and entry.stamp == stamp:
+                self._cache.move_to_end(ck)
+                self._evict(device, keep=ck)  # entries grow (adapters): re-check the budget
+                return entry.obj
+            if entry is not None:  # retrained or replaced on disk: drop the stale copy
+                del self._cache[ck]
+            key_lock = self._building.setdefault(ck, threading.Lock())
+        with key_lock:  # one build per key; other models stay served meanwhile
+            with self._lock:
+                entry = self._cache.get(ck)
+                if entry is not None and entry.stamp == stamp:
+                    self._cache.move_to_end(ck)
+                    return entry.obj
+                self._evict(device, incoming=_disk_bytes(spec.path))
             obj = build(spec)
-            self._cache[cache_key] = obj
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[ck] = _Entry(obj, stamp)
+                self._evict(device, keep=ck)
             return obj
+
+    def budget_for(self, device: str) -> int:
+        if self.budget_bytes > 0:
+            return self.budget_bytes
+        if device.startswith("cuda"):
+            try:
+                import torch
+
+                return int(torch.cuda.get_device_properties(torch.device(device)).total_memory * 0.8)
+            except Exception:  # noqa: BLE001 - no CUDA: fall through to RAM
+                pass
+        return int(physical_memory() * 0.4)
+
+    def cached_bytes(self) -> int:
+        with self._lock:
+            return sum(entry_bytes(e.obj) for e in self._cache.values())
+
+    def _evict(self, device: str, keep: tuple[Any, ...] | None = None, incoming: int = 0) -> None:
+        """Drop least-recently-used entries until the cache (plus ``incoming``) fits the budget;
+        ``keep`` (the entry just built) always stays."""
+        budget = self.budget_for(device)
+        sizes = {k: entry_bytes(e.obj) for k, e in self._cache.items()}
+        used = sum(sizes.values()) + incoming
+        for k in list(self._cache):
+            if used <= budget:
+                break
+            if k == keep:
+                continue
+            used -= sizes[k]
+            del self._cache[k]
+            self.evictions += 1
+            log.info("model cache: evicted %s (%d MB) to stay within %d MB", k[0], sizes[k] >> 20, budget >> 20)
+        if len(self._cache) and keep is not None and used > budget:
+            log.warning("model cache: %s alone (%d MB) exceeds the %d MB budget", keep[0], used >> 20, budget >> 20)
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
 
 
-def _stamp(path: Path) -> float:
-    """Changes when the model files change on disk, so a retrained model is reloaded."""
+def entry_bytes(obj: Any) -> int:
+    """Memory an entry holds: its own ``nbytes()`` if it has one, else its torch modules."""
+    if hasattr(obj, "nbytes") and callable(obj.nbytes):
+        return int(obj.nbytes())
+    from engines.pipelines import module_bytes
+
+    return module_bytes(obj) or module_bytes(getattr(obj, "__dict__", {}))
+
+
+def physical_memory() -> int:
     try:
-        if path.is_dir():
-            return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=0.0)
-        return path.stat().st_mtime
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".gguf", ".pt", ".ckpt", ".txt", ".model")
+
+
+def _model_files(path: Path) -> list[os.stat_result]:
+    """Stats of a model's weight/config files: the file itself, or a diffusers folder's top
+    level and its component folders (two levels, never a recursive walk)."""
+    if not path.is_dir():
+        return [path.stat()]
+    out = []
+    with os.scandir(path) as top:
+        for e in top:
+            if e.is_file() and e.name.endswith(WEIGHT_SUFFIXES):
+                out.append(e.stat())
+            elif e.is_dir() and not e.name.startswith("."):
+                with os.scandir(e.path) as sub:
+                    out.extend(f.stat() for f in sub if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    return out
+
+
+def _disk_bytes(path: Path) -> int:
+    try:
+        return sum(st.st_size for st in _model_files(path) if st.st_size > 1 << 16)
     except OSError:
-        return 0.0
+        return 0
+
+
+def _stamp(path: Path) -> tuple[Any, ...]:
+    """Changes when the model's files change on disk (size or mtime of any weight/config
+    file), so a retrained model is reloaded; costs a few dozen stats, not a folder walk."""
+    try:
+        return tuple(sorted((st.st_size, st.st_mtime_ns, st.st_ino) for st in _model_files(path)))
+    except OSError:
+        return ()

@@ -216,8 +216,9 @@ class JobRunner:
             return self.models.load(ref, key, build, self.device, self.dtype)
 
         return EngineContext(work_dir=work, device=self.device, dtype=self.dtype, report=report,
-                             is_cancelled=is_cancelled, load_model=load_model,
-                             resolve_input=self.assets.path, state_dir=self._state_dir(job_id))
+                             is_cancelled=is_cancelled, load_model=load_model, resolve_model=self.models.resolve,
+                             resolve_input=self.assets.path, state_dir=self._state_dir(job_id),
+                             extras={"adapter_cache_bytes": self.settings.adapter_cache_bytes})
 
     def _state_dir(self, job_id: str) -> Path:
         """Per-params persistent dir: a retry of the same job (same engine + params) finds the

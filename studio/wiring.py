@@ -45,7 +45,7 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     files = AssetFileStore(settings.assets_dir)
     assets = AssetService(settings, db, files)
     queue = JobQueue(settings)
-    models = ModelManager(db, cache_size=settings.model_cache_size, default_ref=settings.default_model,
+    models = ModelManager(db, budget_bytes=settings.model_cache_mb << 20, default_ref=settings.default_model,
                           roots=settings.model_roots)
     jobs = JobService(db, queue, assets, max_auto_retries=settings.max_auto_retries, models=models)
     library = AdapterLibrary(db, assets, lambda ref: models.resolve(ref, allow_paths=False))

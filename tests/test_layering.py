@@ -59,3 +59,70 @@ def test_no_models_in_module_globals() -> None:
                 if name in ("from_pretrained", "from_single_file", "load_state_dict", "load_file"):
                     bad.append(f"{f.relative_to(ROOT)}:{node.lineno}")
     assert not bad, bad
+
+
+def engine_package_graph(root: Path) -> dict[str, set[str]]:
+    """package -> engine packages it imports (engines/<pkg>/... or top-level engines/<mod>.py)."""
+    graph: dict[str, set[str]] = {}
+    for f in root.rglob("*.py"):
+        rel = f.relative_to(root).parts
+        pkg = rel[0].removesuffix(".py")
+        tree = ast.parse(f.read_text(), filename=str(f))
+        for node in ast.walk(tree):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for m in mods:
+                parts = m.split(".")
+                if parts[0] == "engines" and len(parts) > 1 and parts[1] != pkg:
+                    if (root / parts[1]).is_dir() or (root / f"{parts[1]}.py").is_file():
+                        graph.setdefault(pkg, set()).add(parts[1])
+        graph.setdefault(pkg, set())
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def test_engine_packages_do_not_import_each_other_in_a_cycle() -> None:
+    """registry is the composition point (it names every engine), so it is left out."""
+    graph = engine_package_graph(ROOT / "engines")
+    graph.pop("registry", None)
+    for deps in graph.values():
+        deps.discard("registry")
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+    assert "t2i" not in graph["adapters"], "adapters must not depend on t2i (t2i applies adapters)"
+
+
+def test_cycle_checker_finds_a_cycle(tmp_path: Path) -> None:
+    for pkg, other in (("a", "b"), ("b", "c"), ("c", "a")):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "m.py").write_text(f"from engines.{other}.m import x\n")
+    (tmp_path / "d.py").write_text("import engines.a.m\n")
+    graph = engine_package_graph(tmp_path)
+    assert graph["d"] == {"a"}
+    assert find_cycle(graph) is not None
+    (tmp_path / "c" / "m.py").write_text("x = 1\n")
+    assert find_cycle(engine_package_graph(tmp_path)) is None

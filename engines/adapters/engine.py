@@ -33,10 +33,10 @@ class AdapterTrainEngine(Engine):
 
         from engines.adapters.data import demo_dataset, load_dataset
         from engines.adapters.train import Trainer, encode, encode_negatives
-        from engines.t2i.engine import load_pipeline
+        from engines.pipelines import load_pipeline
 
         ctx.progress(0, p.steps, "loading model")
-        spec = ctx.model(p.model, "spec", lambda s: s)  # training gets a private copy of the model
+        spec = ctx.model_spec(p.model)  # training builds a private copy; the worker's cache is untouched
         loaded = load_pipeline(spec, ctx.device, "float32")
         pipe = loaded.pipe
         items = demo_dataset(p.demo, p.trigger) if p.demo != "none" else \

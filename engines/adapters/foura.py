@@ -129,9 +129,10 @@ def fuse(layers: dict[str, FouraLinear]) -> None:
         lyr.scale = 0.0
 
 
-def load_fused_deltas(path: Any, model: nn.Module) -> dict[str, torch.Tensor]:
-    """ΔW per layer from a saved frozen-gate FouRA file (``studio-foura-v1``), checked
-    against ``model``'s layer shapes. Used to apply FouRA in fused mode."""
+def load_fused_factors(path: Any, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """ΔW = A @ B per layer (A [out, r], B [r, in]) from a saved frozen-gate FouRA file
+    (``studio-foura-v1``), checked against ``model``'s layer shapes. The frequency-domain
+    factors are folded into A and B, so fused FouRA costs r·(out+in) numbers per layer."""
     from safetensors import safe_open
 
     from engines.adapters.shira import linear_of
@@ -153,7 +154,12 @@ def load_fused_deltas(path: Any, model: nn.Module) -> dict[str, torch.Tensor]:
         mask = t.get(f"{name}.frozen_mask")
         g = mask.float() if mask is not None and mask.numel() == down.shape[0] else torch.ones(down.shape[0])
         d_in, d_out = dct_matrix(lin.in_features), dct_matrix(lin.out_features)
-        out[name] = d_out.T @ up @ (down * g[:, None]) @ d_in  # [out, in]
+        out[name] = ((d_out.T @ up).contiguous(), ((down * g[:, None]) @ d_in).contiguous())  # [out, r], [r, in]
     if not out:
         raise ValueError("FouRA file has no layers")
     return out
+
+
+def load_fused_deltas(path: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Dense ΔW [out, in] per layer (tests and analysis; the switcher uses the factors)."""
+    return {n: a @ b for n, (a, b) in load_fused_factors(path, model).items()}

@@ -144,44 +144,105 @@ def linear_of(module: nn.Module | None) -> nn.Linear | None:
     return base if isinstance(base, nn.Linear) else None
 
 
-class FusedSwitcher:
-    """Keeps a model's weights fused with the active SHiRA mix; switches by scatter.
+@dataclass
+class LowRankDelta:
+    """A fused dense adapter (FouRA with a frozen gate): ΔW = A @ B per layer.
 
-    ``apply([(adapter, weight), ...])`` restores the original values at every index the
-    previous mix touched (``index_copy_`` from a saved copy), then scatter-adds the new mix.
-    Cost is O(touched entries), independent of layer size.
+    Stored as the two factors, r·(out+in) numbers per layer instead of out·in (the switcher
+    forms the dense ΔW only while it writes a layer).
+    """
+
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A [out, r], B [r, in])
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self.layers.values())
+
+
+def adapter_nbytes(adapter: Any) -> int:
+    """Memory held by a loaded sparse or low-rank adapter."""
+    if isinstance(adapter, LowRankDelta):
+        return adapter.nbytes()
+    return sum(i.nbytes + v.nbytes for i, v in adapter.layers.values())
+
+
+class FusedSwitcher:
+    """Keeps a model's weights fused with the active SHiRA/FouRA mix; switches cheaply and exactly.
+
+    ``apply([(adapter, weight), ...])`` first restores the original weights, then writes the
+    new mix. Sparse-only layers save W0 at the touched indices (``index_select``) and restore
+    them with ``index_copy_``: O(touched entries). A layer with a dense (low-rank) part gets
+    W1 = W0 + Δ in the weight's dtype; restoring computes W1 - Δ with the same Δ, which
+    equals W0 bit for bit except where rounding interfered, and only those entries (usually
+    a small fraction) are saved, so exact restore never needs a copy of the whole weight.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.modules = dict(model.named_modules())
-        self.saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (idx, original values)
-        self.active: list[tuple[ShiraAdapter, float]] = []
+        # name -> ("sparse", idx, original values) | ("dense", idx of inexact entries, their originals)
+        self.saved: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = {}
+        self.active: list[tuple[Any, float]] = []
+
+    def nbytes(self) -> int:
+        return sum(i.nbytes + v.nbytes for _, i, v in self.saved.values())
 
     @torch.no_grad()
     def restore(self) -> None:
-        for name, (idx, orig) in self.saved.items():
-            self._weight(name).view(-1).index_copy_(0, idx, orig)
+        per_layer = self._per_layer(self.active)
+        for name, (kind, idx, orig) in self.saved.items():
+            flat = self._weight(name).view(-1)
+            if kind == "dense":
+                flat.sub_(self._dense_delta(flat, per_layer[name]))
+            flat.index_copy_(0, idx, orig)
         self.saved.clear()
         self.active = []
 
     @torch.no_grad()
-    def apply(self, mix: list[tuple[ShiraAdapter, float]]) -> None:
+    def apply(self, mix: list[tuple[Any, float]]) -> None:
         self.restore()
-        per_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
-        for adapter, w in mix:
-            for name, (idx, val) in adapter.layers.items():
-                per_layer.setdefault(name, []).append((idx, val, w))
-        for name, parts in per_layer.items():
+        for name, parts in self._per_layer(mix).items():
             flat = self._weight(name).view(-1)
             dev = flat.device
+            if any(isinstance(p[0], tuple) for p in parts):  # a dense part: write W0 + Δ
+                delta = self._dense_delta(flat, parts)
+                w0 = flat.clone()
+                flat.add_(delta)
+                back = flat - delta
+                bad = (back != w0).nonzero().squeeze(1)  # [n_inexact]
+                self.saved[name] = ("dense", bad, w0.index_select(0, bad))
+                del w0, back, delta
+                continue
             idx_all = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts]).unique()
             idx_all = idx_all.to(dev)
-            self.saved[name] = (idx_all, flat.index_select(0, idx_all))  # index_select copies
+            self.saved[name] = ("sparse", idx_all, flat.index_select(0, idx_all))  # index_select copies
             for idx, val, w in parts:
                 v = val.to(dev, flat.dtype)
                 flat.index_add_(0, idx.to(dev), v if w == 1.0 else v * w)
         self.active = list(mix)
+
+    @staticmethod
+    def _per_layer(mix: list[tuple[Any, float]]) -> dict[str, list[tuple[Any, Any, float]]]:
+        """name -> [(idx, val, w)] for sparse parts, [((A, B), None, w)] for low-rank parts."""
+        per_layer: dict[str, list[tuple[Any, Any, float]]] = {}
+        for adapter, w in mix:
+            low_rank = isinstance(adapter, LowRankDelta)
+            for name, (x, y) in adapter.layers.items():
+                per_layer.setdefault(name, []).append(((x, y), None, w) if low_rank else (x, y, w))
+        return per_layer
+
+    @staticmethod
+    def _dense_delta(flat: torch.Tensor, parts: list[tuple[Any, Any, float]]) -> torch.Tensor:
+        """Σ w·ΔW of one layer, flat [numel] in the weight's dtype; deterministic, so restore
+        recomputes exactly what apply added."""
+        acc = torch.zeros(flat.numel(), dtype=torch.float32, device=flat.device)
+        for x, y, w in parts:
+            if isinstance(x, tuple):
+                a, b = x  # [out, r], [r, in]
+                acc.add_((a.to(flat.device, torch.float32) @ b.to(flat.device, torch.float32)).view(-1), alpha=w)
+            else:
+                acc.index_add_(0, x.to(flat.device), y.to(flat.device, torch.float32) * w)
+        return acc.to(flat.dtype)
 
     def _weight(self, name: str) -> torch.Tensor:
         lin = linear_of(self.modules.get(name))

@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from engines.base import ModelSpec
     from engines.t2i.clockwork import adaptor_for, save_adaptor
-    from engines.t2i.engine import adaptor_path, load_pipeline, make_scheduler
+    from engines.pipelines import load_pipeline, make_scheduler
+    from engines.t2i.engine import adaptor_path
 
     if args.model == "embedded":
         from engines.world.paths import default_model_dir

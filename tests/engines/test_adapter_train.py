@@ -30,9 +30,8 @@ def ctx_for(tmp: Path, state: Path, cancel_after: int | None = None, events: lis
     def cancelled() -> bool:
         return cancel_after is not None and len([e for e in seen if e.step > 0]) >= cancel_after
 
-    return EngineContext(work_dir=tmp / "work", load_model=lambda ref, key, build: build(
-        ModelSpec(ref, "diffusers", Path(ref))), resolve_input=Path, report=seen.append, is_cancelled=cancelled,
-        state_dir=state)
+    return EngineContext(work_dir=tmp / "work", resolve_model=lambda ref: ModelSpec(ref, "diffusers", Path(ref)),
+                         resolve_input=Path, report=seen.append, is_cancelled=cancelled, state_dir=state)
 
 
 def params(model: Path, data: Path, **kw) -> AdapterTrainParams:  # noqa: ANN003
@@ -198,7 +197,7 @@ def test_preserve_target_is_the_untouched_base_model(tiny_model, dataset, tmp_pa
     from diffusers import UNet2DConditionModel
 
     from engines.adapters.train import Trainer, encode, encode_negatives
-    from engines.t2i.engine import load_pipeline
+    from engines.pipelines import load_pipeline
 
     p = params(tiny_model, dataset, method=method, learning_rate=5e-2, preserve=0.5)
     pipe = load_pipeline(ModelSpec(str(tiny_model), "diffusers", tiny_model), "cpu", "float32").pipe

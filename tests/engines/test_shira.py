@@ -70,3 +70,40 @@ def test_load_rejects_adapters_for_another_model(unet, tmp_path) -> None:  # noq
     save_file({"x.weight": torch.zeros(2)}, str(bad))
     with pytest.raises(ValueError, match="not a Studio SHiRA"):
         ShiraAdapter.load(bad, unet)
+
+
+def _low_rank(unet, seed: int, rank: int = 4, scale: float = 0.05):  # noqa: ANN001, ANN202
+    from engines.adapters.shira import LowRankDelta
+
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for name, lin in target_linears(unet).items():
+        out_f, in_f = lin.weight.shape
+        layers[name] = (torch.randn(out_f, rank, generator=g) * scale, torch.randn(rank, in_f, generator=g) * scale)
+    return LowRankDelta(layers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_low_rank_switching_restores_bit_exact_without_copying_weights(unet, dtype) -> None:  # noqa: ANN001
+    """FouRA-style dense deltas mixed with SHiRA: after many switches the weights are the
+    originals bit for bit, and the switcher saved far fewer numbers than the weights hold."""
+    unet = unet.to(dtype)
+    lins = target_linears(unet)
+    before = {n: m.weight.detach().clone() for n, m in lins.items()}
+    dense_a, dense_b = _low_rank(unet, 1), _low_rank(unet, 2)
+    sparse = random_adapter(unet, 0.02, seed=3)
+    sw = FusedSwitcher(unet)
+    saved_max = 0
+    for i in range(20):
+        sw.apply([(dense_a, 1.0)] if i % 3 == 0 else [(dense_b, 0.7), (sparse, 1.0)] if i % 3 == 1 else [(sparse, 1.0)])
+        saved_max = max(saved_max, sum(len(i) for _, i, _ in sw.saved.values()))
+        if i % 3 == 0:  # the dense delta really is in the weights
+            name = next(iter(lins))
+            a, b = dense_a.layers[name]
+            got = (lins[name].weight.detach().float() - before[name].float())
+            assert torch.allclose(got, (a @ b), atol=0.02 if dtype == torch.bfloat16 else 1e-5)
+    sw.restore()
+    assert all(torch.equal(m.weight, before[n]) for n, m in lins.items())
+    total = sum(m.weight.numel() for m in lins.values())
+    assert saved_max < 0.5 * total  # only entries that rounding made inexact are saved
+    assert dense_a.nbytes() < 0.5 * sum(m.weight.nbytes for m in lins.values())

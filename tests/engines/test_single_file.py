@@ -118,7 +118,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from engines.t2i.single_file import materialize
+    from engines.pipelines.single_file import materialize
     from tests.tiny_sd import make_tiny_sd
 
     root = tmp_path_factory.mktemp("single")
@@ -149,7 +149,7 @@ sys.path.insert(0, sys.argv[1])
 import torch
 from pathlib import Path
 from diffusers import StableDiffusionPipeline
-from engines.t2i.single_file import load_single_file
+from engines.pipelines.single_file import load_single_file
 mode, src, cfg = sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 if mode == "single":
     pipe = load_single_file(src, torch.float32, family="sd15", config_dir=Path(cfg) if cfg != "-" else None)
@@ -194,7 +194,7 @@ def test_ldm_round_trip_keeps_every_weight(tiny_ckpt: tuple[Path, Path, Path]) -
     import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from engines.t2i.single_file import detect_family, load_single_file
+    from engines.pipelines.single_file import detect_family, load_single_file
 
     ref_dir, ckpt, cfg = tiny_ckpt
     assert detect_family(ckpt) == "sd15"
@@ -220,7 +220,7 @@ def test_shipped_configs_build_the_published_architectures(family: str, n: dict,
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from engines.t2i.single_file import materialize
+    from engines.pipelines.single_file import materialize
 
     d = materialize(family, tmp_path / family)
     index = json.loads((d / "model_index.json").read_text())
@@ -245,7 +245,7 @@ def test_detect_family_from_keys(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from engines.t2i.single_file import detect_family
+    from engines.pipelines.single_file import detect_family
 
     z = torch.zeros(1)
     k_attn = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"

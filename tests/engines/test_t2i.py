@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from engines.base import Cancelled, EngineContext, EngineError, ModelSpec
@@ -103,14 +104,58 @@ def test_img2img_and_size_checks(tiny, cache, tmp_path) -> None:  # noqa: ANN001
         params(tiny, strength=0.3)
 
 
+class BlockCalls:
+    """Counts forward calls of the compute layers (Conv2d / Linear) inside the U-Net's low-res
+    blocks (the ones Clockwork skips on cheap steps) and inside its high-res blocks (which must
+    run every step), plus the U-Net calls themselves. Clockwork replaces a skipped block's
+    ``forward``, so hooks on the block would still fire: only its inner layers tell the truth."""
+
+    def __init__(self, unet) -> None:  # noqa: ANN001
+        import torch
+
+        leaf = (torch.nn.Conv2d, torch.nn.Linear)
+        first_down = list(getattr(unet.down_blocks[0], "downsamplers", None) or [])
+        low = first_down + list(unet.down_blocks[1:]) + [unet.mid_block] + list(unet.up_blocks[:-1])
+        low_ids = {id(m) for blk in low for m in blk.modules()}
+        high = [unet.conv_in, unet.time_embedding, unet.down_blocks[0], unet.up_blocks[-1], unet.conv_out]
+        self.counts = {"low": 0, "high": 0, "unet": 0}
+        self.handles = [unet.register_forward_pre_hook(lambda *_: self._hit("unet"))]
+        for tag, blocks in (("low", low), ("high", high)):
+            for blk in blocks:
+                for m in blk.modules():
+                    if isinstance(m, leaf) and (tag == "low" or id(m) not in low_ids):
+                        self.handles.append(m.register_forward_hook(lambda *_, t=tag: self._hit(t)))
+
+    def _hit(self, tag: str) -> None:
+        self.counts[tag] += 1
+
+    def take(self) -> dict[str, int]:
+        out, self.counts = self.counts, {"low": 0, "high": 0, "unet": 0}
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def test_clockwork_reuse_runs_cheap_steps_and_adaptor_needs_training(tiny, cache, tmp_path) -> None:  # noqa: ANN001
     base = T2IEngine().run(params(tiny, steps=8), make_ctx(tmp_path / "a", cache))
-    cw = T2IEngine().run(params(tiny, steps=8, clockwork="reuse", clock_period=2), make_ctx(tmp_path / "b", cache))
+    loaded = next(v for (ref, _), v in cache.items() if ref == str(tiny) and hasattr(v, "pipe"))
+    calls = BlockCalls(loaded.pipe.unet)
+    try:
+        T2IEngine().run(params(tiny, steps=8), make_ctx(tmp_path / "a2", cache))
+        full = calls.take()
+        cw = T2IEngine().run(params(tiny, steps=8, clockwork="reuse", clock_period=2), make_ctx(tmp_path / "b", cache))
+        clock = calls.take()
+    finally:
+        calls.remove()
     assert cw.meta["clockwork_cheap_steps"] == 4
     assert "Clockwork: reuse/2" in cw.artifacts[0].meta["parameters"]
-    a = Image.open(base.artifacts[0].path)
-    b = Image.open(cw.artifacts[0].path)
-    assert a.tobytes() != b.tobytes()  # it really skipped work
+    # it really skipped work: the low-res blocks ran on 4 of the 8 U-Net calls, the high-res part on all 8
+    assert full["unet"] == clock["unet"] == 8 and full["low"] > 0 and full["low"] % 8 == 0
+    assert clock["low"] == full["low"] // 8 * 4, (full, clock)
+    assert clock["high"] == full["high"] > 0, (full, clock)
+    assert Image.open(base.artifacts[0].path).tobytes() != Image.open(cw.artifacts[0].path).tobytes()
     with pytest.raises(EngineError, match="no Clockwork adaptor"):
         T2IEngine().run(params(tiny, steps=4, clockwork="adaptor"), make_ctx(tmp_path / "c", cache))
 
@@ -127,7 +172,8 @@ def test_clockwork_adaptor_distils_and_is_used(tiny, cache, tmp_path) -> None:  
 
     from engines.t2i import clockwork_train as ct
     from engines.t2i.clockwork import adaptor_for, save_adaptor
-    from engines.t2i.engine import adaptor_path, load_pipeline
+    from engines.pipelines import load_pipeline
+    from engines.t2i.engine import adaptor_path
 
     model = tmp_path / "model"
     shutil.copytree(tiny, model)
@@ -140,8 +186,16 @@ def test_clockwork_adaptor_distils_and_is_used(tiny, cache, tmp_path) -> None:  
     assert sum(losses[-10:]) / 10 < ct.identity_loss(traj)  # beats plain reuse on its training data
     save_adaptor(ad, adaptor_path(loaded.spec), {"iters": 60})
     reuse = T2IEngine().run(params(model, steps=6, clockwork="reuse"), make_ctx(tmp_path / "r", {}))
-    adapt = T2IEngine().run(params(model, steps=6, clockwork="adaptor"), make_ctx(tmp_path / "a", {}))
-    assert adapt.meta["clockwork_cheap_steps"] == 3
+    from engines.t2i.clockwork import ClockworkAdaptor
+
+    used = []  # the adaptor the engine loads predicts r_out on each cheap step, and only then
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, *_: used.append(1) if isinstance(m, ClockworkAdaptor) else None)
+    try:
+        adapt = T2IEngine().run(params(model, steps=6, clockwork="adaptor"), make_ctx(tmp_path / "a", {}))
+    finally:
+        hook.remove()
+    assert adapt.meta["clockwork_cheap_steps"] == 3 and len(used) == 3
     assert Image.open(adapt.artifacts[0].path).tobytes() != Image.open(reuse.artifacts[0].path).tobytes()
 
 

@@ -2,7 +2,7 @@
 
 diffusers' ``from_single_file`` needs the base model's diffusers configs (model_index, scheduler,
 unet, vae, text encoders, tokenizers); without ``config=`` it looks them up on the hub or in its
-cache. The Studio ships them in ``engines/t2i/configs/<family>/`` (written from the documented
+cache. The Studio ships them in ``engines/pipelines/configs/<family>/`` (written from the documented
 architectures) and passes a materialised copy with ``local_files_only=True``.
 
 Tokenizers: CLIP's BPE vocabulary is data, not architecture. ``configs/clip/merges.txt.gz`` holds
