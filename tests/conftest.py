@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from bench.harness import TEST_ENGINES, free_port, studio_env, wait_for  # noqa: F401 - one copy, shared with benches
+
 ROOT = Path(__file__).resolve().parents[1]
-TEST_ENGINES = "test-steps=tests.fake_engines:StepEngine"
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["STUDIO_EXTRA_ENGINES"] = TEST_ENGINES
@@ -42,12 +43,6 @@ def _loopback_testclient() -> None:
 _loopback_testclient()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def settings(tmp_path: Path):  # noqa: ANN201
     from studio.config import load
@@ -62,24 +57,6 @@ def services(settings) -> Iterator[Any]:  # noqa: ANN001
     svc = build(settings)
     yield svc
     svc.close()
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def studio_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"STUDIO_EXTRA_ENGINES": TEST_ENGINES, "GRADIO_ANALYTICS_ENABLED": "False",
-                "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
-    env.update(extra or {})
-    return env
 
 
 class StudioProcess:
