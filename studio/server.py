@@ -23,7 +23,6 @@ log = logging.getLogger("studio.server")
 def create_app(services: Services, with_ui: bool = True) -> AccessLayer:
     """The served ASGI app: REST + pages + Gradio, wrapped whole in the access layer
     (``.app`` is the inner FastAPI app, e.g. for its route list)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_api(services)
     if with_ui:
         import gradio as gr

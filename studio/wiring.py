@@ -34,10 +34,23 @@ class Services:
         self.db.dispose()
 
 
+PROCESS_ENV = {
+    "HF_HUB_OFFLINE": "1",  # never reach for a hub at run time
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",  # Gradio reads it at import: set before the UI is built
+}
+
+
+def configure_environment() -> None:
+    """The one place the Studio sets process environment (defaults only: a user's own
+    setting wins). Called by ``build``, the composition root, before anything reads it."""
+    for k, v in PROCESS_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def build(settings: Settings, *, upgrade: bool = True) -> Services:
     """Open (and migrate) the store and wire the services for one process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    configure_environment()
     settings.ensure_dirs()
     db = Database(settings.db_path)
     if upgrade:

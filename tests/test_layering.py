@@ -126,3 +126,29 @@ def test_cycle_checker_finds_a_cycle(tmp_path: Path) -> None:
     assert find_cycle(graph) is not None
     (tmp_path / "c" / "m.py").write_text("x = 1\n")
     assert find_cycle(engine_package_graph(tmp_path)) is None
+
+
+def test_process_environment_is_set_in_one_place() -> None:
+    """Environment edits are process-global: only the composition root (studio/wiring.py) makes them."""
+    bad = []
+    for pkg in ("studio", "engines", "ui", "storage"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            rel = f.relative_to(ROOT).as_posix()
+            for node in ast.walk(ast.parse(f.read_text())):
+                target = None
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    owner = node.func.value
+                    if node.func.attr in ("setdefault", "update", "pop", "__setitem__") and \
+                            isinstance(owner, ast.Attribute) and owner.attr == "environ":
+                        target = node.func.attr
+                    if node.func.attr in ("putenv", "unsetenv"):
+                        target = node.func.attr
+                elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                    targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+                    for t in targets:
+                        if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Attribute) and \
+                                t.value.attr == "environ":
+                            target = "item"
+                if target and rel != "studio/wiring.py":
+                    bad.append(f"{rel}:{node.lineno} os.environ {target}")
+    assert not bad, bad
