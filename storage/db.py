@@ -12,9 +12,20 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def make_engine(db_path: Path) -> Engine:
-    """SQLite in WAL mode with a busy timeout: web and worker processes write concurrently."""
-    engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30, "check_same_thread": False})
+def as_url(target: Path | str) -> str:
+    """A path is the SQLite file; a string with ``://`` is a SQLAlchemy URL (e.g. PostgreSQL)."""
+    text = str(target)
+    return text if "://" in text else f"sqlite:///{target}"
+
+
+def make_engine(target: Path | str) -> Engine:
+    """SQLite in WAL mode with a busy timeout: web and worker processes write concurrently.
+    Any other URL (``postgresql+psycopg://…``) gets a pre-pinged pool, so connections that a
+    database restart cut are replaced instead of failing the next statement."""
+    url = as_url(target)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):  # noqa: ANN001
@@ -35,8 +46,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", str(engine.url))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # workers starting together: one migrates, the rest wait
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7426001)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -51,9 +64,12 @@ def current_revision(engine: Engine) -> str | None:
 class Database:
     """Owns the SQLAlchemy engine and hands out short-lived sessions."""
 
-    def __init__(self, db_path: Path) -> None:
-        self.path = db_path
-        self.engine = make_engine(db_path)
+    def __init__(self, target: Path | str) -> None:
+        url = as_url(target)
+        self.path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name  # sqlite | postgresql
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> None:

@@ -46,13 +46,36 @@ class Job(Base):
     result_meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     owner_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)  # None = the local owner
     origin: Mapped[str] = mapped_column(String(8), default="api")  # api | ui | cli: what the params may name
+    # the lease of the worker running it: every write of that run names the token (fencing); a
+    # lease not renewed by expires_at is over and recovery takes the job back
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims of this row (1 unless a claim was lost)
 
     assets: Mapped[list["Asset"]] = relationship(back_populates="job", order_by="Asset.created_at")
 
     __table_args__ = (
         Index("ix_jobs_status_priority", "status", "priority", "created_at"),
         Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_engine_status", "engine", "status"),
+        Index("ix_jobs_started", "started_at"),
     )
+
+
+class Worker(Base):
+    """A registered worker process (any machine): what it can run and when it last beat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid:role:nonce (= jobs.worker_id)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list[str]] = mapped_column(JSON, default=list)
+    engines: Mapped[list[str]] = mapped_column(JSON, default=list)
+    threads: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Asset(Base):

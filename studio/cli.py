@@ -22,6 +22,7 @@ BENCHES = {
     "splat": "bench.splat:main",
     "security": "bench.security:main",
     "soak": "bench.soak:main",
+    "scale": "bench.scale:main",
 }
 EVALS = {
     "world": "engines.world.eval:main",
@@ -42,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run queue workers only")
     _data_dir_arg(w)
     w.add_argument("--workers", type=int, default=None, help="worker threads (default 1)")
+    w.add_argument("--engines", default=None, metavar="NAME,NAME",
+                   help="only run these engines, e.g. t2i,video-edit (default: every engine; $STUDIO_ENGINES)")
     w.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     r = sub.add_parser("run", help="run one job now and write its outputs to --out")
@@ -57,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, default=20)
     j.add_argument("--json", action="store_true")
     _data_dir_arg(j)
+
+    st = sub.add_parser("status", help="workers (engines, current job, heartbeat age) and queue depth per engine")
+    st.add_argument("--json", action="store_true")
+    _data_dir_arg(st)
 
     d = sub.add_parser("db", help="database maintenance")
     d.add_argument("action", choices=["upgrade", "current"])
@@ -209,10 +216,38 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     settings = load(args.data_dir)
     settings.ensure_dirs()
-    db = Database(settings.db_path)
+    db = Database(settings.db_url)
     if args.action == "upgrade":
         db.upgrade()
-    print(f"{settings.db_path}: revision {current_revision(db.engine)}")
+    where = settings.db_path if db.path is not None else db.engine.url.render_as_string(hide_password=True)
+    print(f"{where}: revision {current_revision(db.engine)}")
+    db.dispose()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from studio.config import load
+    from studio.wiring import build
+
+    services = build(load(args.data_dir))
+    try:
+        info = services.jobs.cluster(services.settings.lease_seconds)
+    finally:
+        services.close()
+    if args.json:
+        print(json.dumps(info, default=str))
+        return 0
+    print(f"database: {info['database']}   queue: {info['queue_transport']}")
+    print(f"{'WORKER':<44} {'STATE':<8} {'BEAT':>6}  {'DEVICES':<12} {'ENGINES':<28} RUNNING")
+    for w in info["workers"]:
+        run = ", ".join(f"{r['id']} ({r['engine']} {r['progress'] * 100:.0f}%)" for r in w["running"]) or "-"
+        print(f"{w['id']:<44} {w['state']:<8} {w['heartbeat_age_s']:>5.1f}s  {','.join(w['devices']):<12} "
+              f"{','.join(w['engines'])[:28]:<28} {run}")
+    if not info["workers"]:
+        print("(no workers registered)")
+    print(f"{'ENGINE':<24} {'QUEUED':>7} {'RUNNING':>8}")
+    for engine, q in info["queue"].items():
+        print(f"{engine:<24} {q['queued']:>7} {q['running']:>8}")
     return 0
 
 
@@ -324,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "worker":
         from studio.worker import run_worker
 
-        return run_worker(load(args.data_dir, workers=args.workers), args.workers, args.parent_pid)
+        engines = tuple(e for e in (args.engines or "").replace(" ", ",").split(",") if e) or None
+        return run_worker(load(args.data_dir, workers=args.workers, engines=engines), args.workers, args.parent_pid)
     if args.cmd == "run":
         logging.getLogger().setLevel(logging.WARNING)
         return cmd_run(args)
@@ -332,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_jobs(args)
     if args.cmd == "db":
         return cmd_db(args)
+    if args.cmd == "status":
+        return cmd_status(args)
     if args.cmd == "models":
         return cmd_models(args)
     if args.cmd == "users":

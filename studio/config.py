@@ -38,7 +38,30 @@ class Settings:
     adapter_cache_mb: int = 1024  # adapters kept loaded per cached pipeline
     max_auto_retries: int = 1
     default_model: str = "embedded"
+    # scale-out (docs/deployment.md); empty = the single-machine default inside data_dir
+    database_url: str = ""  # STUDIO_DATABASE_URL, e.g. postgresql+psycopg://user@db/studio
+    queue_url: str = ""  # STUDIO_QUEUE_URL, e.g. redis://queue:6379/0 (huey's PriorityRedisHuey)
+    assets_root: str = ""  # STUDIO_ASSETS_DIR: a shared content-addressed asset root
+    engines: tuple[str, ...] = ()  # engines this worker runs (studio worker --engines); () = all
+    lease_s: float = 0.0  # a claimed job's lease; 0 = stale_after_s. Renewed by every heartbeat
+    claim_poll_s: float = 1.0  # an idle worker looks for claimable jobs this often (lost wake-ups)
+    recover_every_s: float = 10.0  # how often each worker runs the recovery pass
+    worker_host: str = ""  # the host name a worker registers under (default: this machine's)
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.lease_s or self.stale_after_s
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL: STUDIO_DATABASE_URL, else the SQLite file in the data dir."""
+        return self.database_url or f"sqlite:///{self.db_path}"
+
+    @property
+    def shared(self) -> bool:
+        """True when jobs may run on other machines (a database server rather than a file)."""
+        return not self.db_url.startswith("sqlite")
 
     @property
     def adapter_cache_bytes(self) -> int:
@@ -54,7 +77,7 @@ class Settings:
 
     @property
     def assets_dir(self) -> Path:
-        return self.data_dir / "assets"
+        return Path(self.assets_root).expanduser() if self.assets_root else self.data_dir / "assets"
 
     @property
     def work_root(self) -> Path:
@@ -137,10 +160,15 @@ def load(data_dir: str | Path | None = None, **overrides: object) -> Settings:
     for key, cast in (("device", str), ("dtype", str), ("workers", int), ("max_upload_bytes", int),
                       ("stale_after_s", float), ("heartbeat_s", float), ("default_model", str), ("auth", str),
                       ("public_urls", words), ("allowed_hosts", words), ("max_json_bytes", int),
-                      ("share_server_address", str), ("model_cache_mb", int), ("adapter_cache_mb", int)):
+                      ("share_server_address", str), ("model_cache_mb", int), ("adapter_cache_mb", int),
+                      ("database_url", str), ("queue_url", str), ("engines", words), ("lease_s", float),
+                      ("claim_poll_s", float), ("recover_every_s", float), ("max_auto_retries", int),
+                      ("worker_host", str)):
         raw = os.environ.get(f"STUDIO_{key.upper()}")
         if raw:
             env_over[key] = cast(raw)
+    if os.environ.get("STUDIO_ASSETS_DIR"):
+        env_over["assets_root"] = os.environ["STUDIO_ASSETS_DIR"]
     if os.environ.get("STUDIO_MODEL_DIRS"):
         env_over["model_dirs"] = tuple(os.environ["STUDIO_MODEL_DIRS"].split(os.pathsep))
     env_over.update({k: v for k, v in overrides.items() if v is not None})

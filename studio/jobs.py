@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.orm import aliased
 
 from engines import registry
 from engines.base import INPUT_FILE_MARK, ModelNotFound
 from storage.db import Database
-from storage.models import JOB_STATUSES, TERMINAL, Adapter, Asset, Job, utcnow
+from storage.models import JOB_STATUSES, TERMINAL, Adapter, Asset, Job, Worker, utcnow
 from studio.assets import AssetService, new_id, visible
 from studio.auth import LOCAL, acting_as, viewer
 from studio.dto import AssetDTO, JobDTO
@@ -20,7 +23,10 @@ from studio.errors import Conflict, InvalidParams, NotFound, StudioError, Upload
 from studio.model_manager import ModelManager
 from studio.queue import JobQueue
 
+log = logging.getLogger("studio.jobs")
 Origin = Literal["api", "cli", "ui"]
+FAIRNESS_WINDOW_S = 3600.0  # "recently served" for the per-user/per-origin fairness rule
+WORKER_FORGET_S = 24 * 3600.0  # rows of workers stopped or silent this long are dropped
 CALLER = object()  # submit(owner_id=CALLER): the job belongs to whoever is asking
 
 
@@ -202,10 +208,145 @@ class JobService:
             return self.assets.ingest_path(zpath, owner_id=owner)
 
     def _enqueue(self, job_id: str, priority: int) -> None:
+        """Ring the queue for a stored job. The row is the truth: with the queue unreachable (a
+        Redis restart) the job stays queued, and idle workers and recovery find it anyway."""
         assert self.queue is not None
-        task_id = self.queue.enqueue(job_id, priority)
+        try:
+            task_id = self.queue.enqueue(job_id, priority)
+        except Exception as e:  # noqa: BLE001 - transport down; the job is safe in the database
+            log.warning("could not enqueue job %s (%s: %s); workers will find it in the database",
+                        job_id, type(e).__name__, str(e)[:200])
+            return
         with self.db.session() as s:
             s.execute(update(Job).where(Job.id == job_id).values(queue_task_id=task_id))
+
+    # -- claims and leases (workers) -----------------------------------------------------
+    def claim(self, job_id: str, worker_id: str, lease_s: float) -> str | None:
+        """Claim one queued job atomically; returns the lease token, or None if not claimable."""
+        token = uuid.uuid4().hex
+        now = utcnow()
+        with self.db.session() as s:
+            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued",
+                                            Job.cancel_requested.is_(False))
+                          .values(**self._claim_values(worker_id, token, now, lease_s))).rowcount
+        return token if n == 1 else None
+
+    @staticmethod
+    def _claim_values(worker_id: str, token: str, now: Any, lease_s: float) -> dict[str, Any]:
+        return dict(status="running", worker_id=worker_id, started_at=now, heartbeat_at=now, progress=0.0,
+                    message="starting", lease_token=token, lease_expires_at=now + timedelta(seconds=lease_s),
+                    attempts=Job.attempts + 1)
+
+    def claim_next(self, worker_id: str, engines: "tuple[str, ...] | list[str] | None", lease_s: float,
+                   tries: int = 8) -> tuple[str, str] | None:
+        """Claim the job this worker should run next, atomically: (job id, lease token) or None.
+
+        Order: priority first; then fairness between (owner, origin) groups: the group with the
+        fewest running jobs, then the one served least recently (last start within the hour),
+        so one user's batch of 1,000 cannot starve another user's single job, on any number of
+        workers; then age. Only engines the worker runs. On PostgreSQL the candidate rows are
+        locked with SKIP LOCKED so concurrent workers take different jobs without waiting; on
+        SQLite writes are serialised. Either way the conditional UPDATE is what makes a claim
+        exclusive: two workers never both move a job from queued to running.
+        """
+        now = utcnow()
+        r = aliased(Job)
+        owner = func.coalesce(r.owner_id, "")
+        load = (select(owner.label("owner"), r.origin.label("origin"),
+                       func.sum(case((r.status == "running", 1), else_=0)).label("running"),
+                       func.max(r.started_at).label("last_start"))
+                .where(r.started_at >= now - timedelta(seconds=FAIRNESS_WINDOW_S))
+                .group_by(owner, r.origin).subquery())
+        stmt = (select(Job.id)
+                .outerjoin(load, (load.c.owner == func.coalesce(Job.owner_id, "")) & (load.c.origin == Job.origin))
+                .where(Job.status == "queued", Job.cancel_requested.is_(False))
+                .order_by(Job.priority.desc(), func.coalesce(load.c.running, 0).asc(),
+                          load.c.last_start.asc().nulls_first(), Job.created_at.asc(), Job.id.asc())
+                .limit(tries))
+        if engines:
+            stmt = stmt.where(Job.engine.in_(list(engines)))
+        postgres = self.db.engine.dialect.name == "postgresql"
+        if postgres:
+            stmt = stmt.with_for_update(of=Job, skip_locked=True)
+        with self.db.session() as s:
+            for job_id in s.scalars(stmt).all():
+                token = uuid.uuid4().hex
+                n = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued",
+                                                Job.cancel_requested.is_(False))
+                              .values(**self._claim_values(worker_id, token, now, lease_s))).rowcount
+                if n == 1:
+                    return job_id, token
+        return None
+
+    def claimable(self, engines: "tuple[str, ...] | list[str] | None") -> tuple[str, int] | None:
+        """A queued job one of ``engines`` could run (id, priority), or None: an idle worker's check."""
+        stmt = select(Job.id, Job.priority).where(Job.status == "queued", Job.cancel_requested.is_(False)).limit(1)
+        if engines:
+            stmt = stmt.where(Job.engine.in_(list(engines)))
+        with self.db.session() as s:
+            row = s.execute(stmt).first()
+        return (row[0], int(row[1])) if row else None
+
+    def renew(self, leases: dict[str, str], lease_s: float) -> set[str]:
+        """Extend the leases {job id: token} this worker holds; returns the job ids whose lease is
+        gone (recovery took the job back, or it ended): their runs must stop and write nothing."""
+        lost: set[str] = set()
+        if not leases:
+            return lost
+        now = utcnow()
+        with self.db.session() as s:
+            for job_id, token in leases.items():
+                n = s.execute(update(Job).where(Job.id == job_id, Job.lease_token == token, Job.status == "running")
+                              .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_s))).rowcount
+                if n == 0:
+                    lost.add(job_id)
+        return lost
+
+    # -- workers -------------------------------------------------------------------------
+    def register_worker(self, worker_id: str, *, host: str, pid: int, devices: list[str], engines: list[str],
+                        threads: int) -> None:
+        now = utcnow()
+        with self.db.session() as s:
+            s.merge(Worker(id=worker_id, host=host, pid=pid, devices=devices, engines=engines, threads=threads,
+                           started_at=now, heartbeat_at=now, stopped_at=None))
+
+    def worker_beat(self, worker_id: str, stopped: bool = False) -> None:
+        now = utcnow()
+        with self.db.session() as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(
+                heartbeat_at=now, **({"stopped_at": now} if stopped else {})))
+
+    def cluster(self, lease_s: float) -> dict[str, Any]:
+        """Workers (engines, devices, what each runs, heartbeat age, state) and queue depth per
+        engine: what ``studio status`` and the Queue tab show."""
+        now = utcnow()
+        with self.db.session() as s:
+            rows = s.scalars(select(Worker).order_by(Worker.started_at.desc())).all()
+            running = s.execute(select(Job.worker_id, Job.id, Job.engine, Job.progress)
+                                .where(Job.status == "running")).all()
+            depth = dict(s.execute(select(Job.engine, func.count()).where(Job.status == "queued")
+                                   .group_by(Job.engine)).all())
+            busy = dict(s.execute(select(Job.engine, func.count()).where(Job.status == "running")
+                                  .group_by(Job.engine)).all())
+        by_worker: dict[str, list[dict[str, Any]]] = {}
+        for wid, jid, engine, progress in running:
+            by_worker.setdefault(wid or "", []).append({"id": jid, "engine": engine, "progress": round(progress, 3)})
+        workers = []
+        for w in rows:
+            age = (now - w.heartbeat_at).total_seconds()
+            state = "stopped" if w.stopped_at else ("lost" if age > lease_s else "alive")
+            if state != "alive" and (now - (w.stopped_at or w.heartbeat_at)).total_seconds() > 3600 \
+                    and not by_worker.get(w.id):
+                continue  # old history: not worth a line
+            workers.append({"id": w.id, "host": w.host, "pid": w.pid, "devices": list(w.devices or []),
+                            "engines": list(w.engines or []), "threads": w.threads, "state": state,
+                            "heartbeat_age_s": round(age, 1), "started_at": w.started_at.isoformat() + "Z",
+                            "running": by_worker.get(w.id, [])})
+        engines = sorted(set(depth) | set(busy))
+        return {"workers": workers,
+                "queue": {e: {"queued": int(depth.get(e, 0)), "running": int(busy.get(e, 0))} for e in engines},
+                "database": self.db.engine.dialect.name,
+                "queue_transport": getattr(self.queue, "kind", None)}
 
     # -- queries -------------------------------------------------------------------------
     @staticmethod
@@ -336,14 +477,35 @@ class JobService:
         interrupted, retried, requeued = [], [], []
         with self.db.session() as s:
             running = s.scalars(select(Job).where(Job.status == "running")).all()
-            dead = [j for j in running if not alive(j.worker_id or "") or (j.heartbeat_at or j.started_at or now) < cutoff]
-            for j in dead:
-                n = s.execute(update(Job).where(Job.id == j.id, Job.status == "running").values(
-                    status="failed", error_type="interrupted", finished_at=now,
-                    error_message=f"worker {j.worker_id} stopped while running this job",
+
+            def why(j: Job) -> str | None:
+                if not alive(j.worker_id or ""):
+                    return "stopped"
+                if j.lease_expires_at is not None and j.lease_expires_at < now:
+                    return "lost its lease"
+                if (j.heartbeat_at or j.started_at or now) < cutoff:
+                    return "went silent"
+                return None
+
+            for j in running:
+                reason = why(j)
+                if reason is None:
+                    continue
+                # as read: a lease renewed meanwhile keeps its job
+                cond = [Job.id == j.id, Job.status == "running"]
+                cond.append(Job.lease_token == j.lease_token if j.lease_token else Job.lease_token.is_(None))
+                if reason == "lost its lease":
+                    cond.append(Job.lease_expires_at < now)
+                elif reason == "went silent":
+                    cond.append(func.coalesce(Job.heartbeat_at, Job.started_at) < cutoff)
+                n = s.execute(update(Job).where(*cond).values(
+                    status="failed", error_type="interrupted", finished_at=now, lease_token=None,
+                    error_message=f"worker {j.worker_id} {reason} while running this job",
                     message="interrupted")).rowcount
                 if n:
                     interrupted.append(j.id)
+            s.execute(delete(Worker).where(func.coalesce(Worker.stopped_at, Worker.heartbeat_at)
+                                           < now - timedelta(seconds=WORKER_FORGET_S)))
         for job_id in interrupted:
             job = self.get(job_id)
             try:

@@ -14,10 +14,11 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from engines import registry
 from engines.base import Cancelled, EngineContext, EngineError, ProgressEvent, Throttle
@@ -29,6 +30,7 @@ from studio.jobs import JobService
 from studio.model_manager import ModelManager
 
 log = logging.getLogger("studio.runner")
+T = TypeVar("T")
 
 
 class Shutdown(Exception):
@@ -68,47 +70,97 @@ class JobRunner:
         self.worker_id = worker_id
         self.stopping = threading.Event()
         self.active: set[str] = set()
+        self.leases: dict[str, str] = {}  # job id -> lease token: every write of a run names it (fencing)
+        self.lost: set[str] = set()  # runs whose lease was taken back: they stop and write nothing
         self._lock = threading.Lock()
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.engines: tuple[str, ...] = tuple(settings.engines)  # () = every engine
 
     # -- claim ---------------------------------------------------------------------------
     def _claim(self, job_id: str) -> bool:
-        now = utcnow()
-        with self.db.session() as s:
-            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-                          .values(status="running", worker_id=self.worker_id, started_at=now, heartbeat_at=now,
-                                  progress=0.0, message="starting")).rowcount
-        return n == 1
+        token = self.jobs.claim(job_id, self.worker_id, self.settings.lease_seconds)
+        if token is None:
+            return False
+        with self._lock:
+            self.leases[job_id] = token
+        return True
 
-    def _set(self, job_id: str, **values: Any) -> None:
+    def _fence(self, job_id: str) -> list[Any]:
+        """The WHERE clause of every write a run makes: its job, still under its lease."""
+        token = self.leases.get(job_id)
+        return [Job.id == job_id, Job.lease_token == token] if token else [Job.id == job_id]
+
+    def _set(self, job_id: str, **values: Any) -> bool:
         with self.db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(**values))
+            return s.execute(update(Job).where(*self._fence(job_id)).values(**values)).rowcount == 1
+
+    def _db_retry(self, fn: Callable[[], T], what: str) -> T:
+        """Run a database write, retrying while the database is unreachable (a restart) for up
+        to most of a lease; after that recovery owns the job anyway."""
+        deadline = time.monotonic() + max(self.settings.lease_seconds * 0.8, 2.0)
+        while True:
+            try:
+                return fn()
+            except DBAPIError as e:
+                if not (e.connection_invalidated or "connect" in str(e).lower() or "terminat" in str(e).lower()
+                        or "closed" in str(e).lower()) or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: database unavailable (%s); retrying", what, type(e.orig).__name__)
+                time.sleep(0.5)
 
     # -- execute -------------------------------------------------------------------------
     def execute(self, job_id: str) -> str:
-        """Run a queued job to a terminal status; returns that status ('skipped' if not claimable)."""
-        if self.stopping.is_set() or not self._claim(job_id):
+        """Run a queued job to a terminal status; returns that status ('skipped' if not claimable,
+        'lost' if its lease was taken back while it ran: then it wrote nothing)."""
+        if self.stopping.is_set() or not self._db_retry(lambda: self._claim(job_id), "claim"):
             return "skipped"
+        return self._run(job_id)
+
+    def run_next(self) -> tuple[str, str] | None:
+        """Claim the best job this worker may run (priority, fairness, engines) and run it:
+        (job id, final status), or None when there is nothing to claim."""
+        if self.stopping.is_set():
+            return None
+        got = self._db_retry(lambda: self.jobs.claim_next(self.worker_id, self.engines or None,
+                                                          self.settings.lease_seconds), "claim")
+        if got is None:
+            return None
+        job_id, token = got
+        with self._lock:
+            self.leases[job_id] = token
+        return job_id, self._run(job_id)
+
+    def drain(self, _hint: str | None = None) -> int:
+        """Run claimable jobs until there are none (a queue message is a doorbell). Returns how many ran."""
+        n = 0
+        while not self.stopping.is_set() and self.run_next() is not None:
+            n += 1
+        return n
+
+    def _run(self, job_id: str) -> str:
         with self._lock:
             self.active.add(job_id)
         work = self.settings.work_root / job_id
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
         try:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
             return self._execute(job_id, work)
         finally:
-            with self._lock:
-                self.active.discard(job_id)
             shutil.rmtree(work, ignore_errors=True)
             self._drop_preview(job_id)
+            with self._lock:
+                self.active.discard(job_id)
+                self.leases.pop(job_id, None)
+                self.lost.discard(job_id)
 
     def _drop_preview(self, job_id: str) -> None:
         """A preview only shows a running job (UI and /progress stop showing it at the end; the
         assets are the result), so it goes with the job: one file per job forever is unbounded."""
         try:
             (self.settings.previews_dir / f"{job_id}.png").unlink(missing_ok=True)
-            self._set(job_id, preview_path=None)
+            if job_id not in self.lost:
+                self._set(job_id, preview_path=None)
         except Exception:  # noqa: BLE001 - the job's verdict stands; the recovery sweep retries
             log.warning("could not drop the preview of job %s", job_id, exc_info=True)
 
@@ -123,6 +175,9 @@ class JobRunner:
             ctx.check_cancelled()
             elapsed = time.perf_counter() - t0
         except Cancelled:
+            if job_id in self.lost:
+                log.warning("job %s: lease lost (recovery took it back); its run stopped and wrote nothing", job_id)
+                return "lost"
             if self.stopping.is_set() and not self._cancel_requested(job_id):
                 self._interrupt(job_id)
                 return "failed"
@@ -141,6 +196,15 @@ class JobRunner:
                          error_traceback=traceback.format_exc())
             return "failed"
 
+        return self._db_retry(lambda: self._complete(job_id, job, work, result, elapsed), "completion")
+
+    def _complete(self, job_id: str, job: Any, work: Path, result: Any, elapsed: float) -> str:
+        """Files first (content-addressed, atomic), then rows and status in one transaction, under
+        the lease: a run whose lease was taken back writes no rows and changes no status."""
+        if job_id in self.lost or self.jobs.renew({job_id: self.leases[job_id]}, self.settings.lease_seconds):
+            self.lost.add(job_id)
+            log.warning("job %s: lease lost before its results were stored; dropping them", job_id)
+            return "lost"
         with self.db.session() as s:
             rows = []
             for art in result.artifacts:
@@ -156,24 +220,30 @@ class JobRunner:
                 for r in rows:
                     if r.kind == "adapter":
                         self.library.add_from_job(s, r, job_id, previews)
-            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+            n = s.execute(update(Job).where(*self._fence(job_id), Job.status == "running").values(
                 status="completed", progress=1.0, message=f"done in {elapsed:.1f}s", finished_at=utcnow(),
-                result_meta=dict(result.meta) | {"seconds": round(elapsed, 3), "device": self.device,
-                                                  "dtype": self.dtype})).rowcount
-            if n == 0:  # someone (recovery) already finalised it: keep their verdict
+                result_meta=dict(result.meta) | {"seconds": round(elapsed, 3),
+                                                                   "device": self.device, "dtype": self.dtype})).rowcount
+            if n == 0:  # someone (recovery) already finalised it: keep their verdict, add no rows
                 s.rollback()
-                return "failed"
+                self.lost.add(job_id)
+                return "lost"
         shutil.rmtree(self._state_dir(job_id), ignore_errors=True)  # checkpoints served their purpose
         return "completed"
 
-    def _finish(self, job_id: str, status: str, **values: Any) -> None:
-        with self.db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
-                status=status, finished_at=utcnow(), **values))
+    def _finish(self, job_id: str, status: str, **values: Any) -> bool:
+        """A terminal status, under the lease (False: recovery had already finalised the job)."""
+        def write() -> bool:
+            with self.db.session() as s:
+                return s.execute(update(Job).where(*self._fence(job_id), Job.status == "running").values(
+                    status=status, finished_at=utcnow(), **values)).rowcount == 1
+
+        return self._db_retry(write, f"finishing job {job_id}")
 
     def _interrupt(self, job_id: str) -> None:
-        self._finish(job_id, "failed", error_type="interrupted", message="interrupted",
-                     error_message="the worker was stopped while running this job")
+        if not self._finish(job_id, "failed", error_type="interrupted", message="interrupted",
+                            error_message="the worker was stopped while running this job"):
+            return  # recovery finalised it (and retried it if it could): one retry, not two
         try:
             idem = registry.get(self.jobs.get(job_id).engine).idempotent
         except (KeyError, ImportError):
@@ -196,20 +266,29 @@ class JobRunner:
             final = ev.total > 0 and ev.step >= ev.total
             if not throttle.ready(force=final):
                 return
+            now = utcnow()
             values: dict[str, Any] = {"progress": ev.fraction, "message": ev.message or f"step {ev.step}/{ev.total}",
-                                      "heartbeat_at": utcnow()}
+                                      "heartbeat_at": now,
+                                      "lease_expires_at": now + timedelta(seconds=self.settings.lease_seconds)}
             if ev.preview is not None and Path(ev.preview).is_file():
                 atomic_write_bytes(preview_dest, Path(ev.preview).read_bytes())
                 values["preview_path"] = str(preview_dest)
-            self._set(job_id, **values)
+            try:  # progress is best effort: a database restart must not fail the job
+                if not self._set(job_id, **values):
+                    self.lost.add(job_id)  # the lease is gone: stop at the next step check
+            except DBAPIError as e:
+                log.warning("job %s: progress not recorded (%s)", job_id, type(e.orig).__name__)
 
         def is_cancelled() -> bool:
-            if self.stopping.is_set():
+            if self.stopping.is_set() or job_id in self.lost:
                 return True
             now = time.monotonic()
             if now - check["t"] >= 0.05:  # a PK lookup at most 20×/s
                 check["t"] = now
-                check["v"] = self._cancel_requested(job_id)
+                try:
+                    check["v"] = self._cancel_requested(job_id)
+                except DBAPIError:  # database restarting: keep going, ask again later
+                    pass
             return check["v"]
 
         def load_model(ref: str, key: str, build: Any) -> Any:
@@ -229,12 +308,17 @@ class JobRunner:
         return d
 
     # -- heartbeat -----------------------------------------------------------------------
-    def beat(self) -> None:
+    def beat(self) -> set[str]:
+        """Renew the leases of running jobs; a lease that is gone stops its run (returned)."""
         with self._lock:
-            ids = list(self.active)
-        if ids:
-            with self.db.session() as s:
-                s.execute(update(Job).where(Job.id.in_(ids)).values(heartbeat_at=utcnow()))
+            leases = {j: t for j, t in self.leases.items() if j in self.active}
+        lost = self.jobs.renew(leases, self.settings.lease_seconds)
+        with self._lock:
+            lost &= set(self.leases)  # runs that ended meanwhile lost nothing
+            self.lost |= lost
+        if lost:
+            log.warning("lease lost for %s: stopping those runs", sorted(lost))
+        return lost
 
 
 def state_root(settings: Settings) -> Path:

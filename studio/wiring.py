@@ -52,7 +52,7 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     """Open (and migrate) the store and wire the services for one process."""
     configure_environment()
     settings.ensure_dirs()
-    db = Database(settings.db_path)
+    db = Database(settings.db_url)
     if upgrade:
         db.upgrade()
     files = AssetFileStore(settings.assets_dir)
@@ -65,12 +65,12 @@ def build(settings: Settings, *, upgrade: bool = True) -> Services:
     return Services(settings, db, assets, jobs, models, queue, library, AuthService(db), ShareService(db, assets))
 
 
-def new_worker_id(role: str = "worker") -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:6]}"
+def new_worker_id(role: str = "worker", host: str = "") -> str:
+    return f"{host or socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:6]}"
 
 
 def build_runner(services: Services, role: str = "worker"):  # noqa: ANN201
     from studio.runner import JobRunner
 
-    return JobRunner(services.settings, services.jobs, services.assets, services.models, new_worker_id(role),
-                     services.library)
+    return JobRunner(services.settings, services.jobs, services.assets, services.models,
+                     new_worker_id(role, services.settings.worker_host), services.library)

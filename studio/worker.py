@@ -1,9 +1,15 @@
-"""The worker process: recovery, heartbeats and the huey consumer.
+"""The worker process: registration, recovery, heartbeats (leases) and the huey consumer.
 
 Run as its own process (``studio worker``), never inside the web server: huey's
 consumer installs signal handlers. SIGINT/SIGTERM stop it cleanly: running jobs see
 ``is_cancelled()`` at their next step and are recorded as interrupted (and
 re-enqueued when their engine is idempotent), so nothing is lost or left running.
+
+Any number of workers, on any number of machines, may share one database, queue and asset
+root (docs/deployment.md). Each registers itself (host, pid, devices, engines), claims jobs
+atomically in the database under a lease it renews with every heartbeat, and runs a recovery
+pass now and then that takes back the jobs of workers that died (same host: pid gone; any
+host: lease expired).
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from studio.config import Settings
 from studio.runner import sweep_job_files
@@ -60,34 +67,77 @@ def recover(services: Services, self_id: str = "", *, sweep_state: bool = True) 
     return out
 
 
+def check_engines(names: tuple[str, ...]) -> list[str]:
+    """The engines this worker runs: ``--engines`` (each must exist here) or every registered one."""
+    from engines import registry
+
+    known = registry.names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"studio worker: unknown engine(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return list(names) if names else sorted(known)
+
+
+def devices(runner) -> list[str]:  # noqa: ANN001
+    out = [runner.device]
+    if runner.device.startswith("cuda"):
+        try:
+            import torch
+
+            out.append(torch.cuda.get_device_name(runner.device))
+        except Exception:  # noqa: BLE001 - a name is a nicety
+            pass
+    return out
+
+
 def run_worker(settings: Settings, workers: int | None = None, parent_pid: int | None = None) -> int:
     """Run the consumer until SIGINT/SIGTERM (or until ``parent_pid``, the web process, is gone)."""
+    engines = check_engines(tuple(settings.engines))
+    threads = workers or settings.workers
     services = build(settings)
     runner = build_runner(services)
-    services.queue.bind(runner.execute)
+    runner.engines = tuple(engines)  # claim only what this process can run
+    services.queue.bind(runner.drain)  # a message is a doorbell: claim the best job from the database
+    services.jobs.register_worker(runner.worker_id, host=runner.worker_id.split(":")[0], pid=os.getpid(),
+                                  devices=devices(runner), engines=engines, threads=threads)
     recover(services, runner.worker_id)
     services.assets.sweep_orphans()
 
     stop = threading.Event()
 
     def heartbeat() -> None:
-        n = 0
-        while not stop.wait(settings.heartbeat_s):
+        last_beat = last_recover = time.monotonic()
+        tick = min(settings.heartbeat_s, settings.claim_poll_s)
+        while not stop.wait(tick):
             if parent_pid and os.getppid() != parent_pid:
                 log.warning("parent process %s is gone; stopping", parent_pid)
                 os.kill(os.getpid(), signal.SIGINT)
                 return
+            now = time.monotonic()
             try:
-                runner.beat()
-                n += 1
-                if n % 5 == 0:  # catch jobs of workers that died while we run
+                if now - last_beat >= settings.heartbeat_s:
+                    last_beat = now
+                    runner.beat()
+                    services.jobs.worker_beat(runner.worker_id)
+                if now - last_recover >= settings.recover_every_s:  # catch jobs of workers that died
+                    last_recover = now
                     recover(services, runner.worker_id, sweep_state=False)
-            except Exception:  # a locked DB must not kill the heartbeat
+                ring_if_idle()
+            except Exception:  # a database or queue restart must not kill the heartbeat
                 log.exception("heartbeat failed")
+
+    def ring_if_idle() -> None:
+        """A doorbell may be lost (taken by a worker that cannot run the job, or by a queue
+        restart): an idle worker that sees a job it can run, and no message waiting, rings."""
+        if runner.stopping.is_set() or len(runner.active) >= threads:
+            return
+        found = services.jobs.claimable(runner.engines or None)
+        if found is not None and services.queue.pending_count() == 0:
+            services.queue.enqueue(*found)
 
     hb = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
     hb.start()
-    consumer = services.queue.consumer(workers or settings.workers)
+    consumer = services.queue.consumer(threads)
 
     original_stop = consumer.stop
 
@@ -96,13 +146,17 @@ def run_worker(settings: Settings, workers: int | None = None, parent_pid: int |
         original_stop(graceful=True)
 
     consumer.stop = stop_consumer  # type: ignore[method-assign]
-    log.info("worker %s ready (%s, %s)", runner.worker_id, runner.device, runner.dtype)
+    log.info("worker %s ready (%s, %s; engines %s)", runner.worker_id, runner.device, runner.dtype,
+             ",".join(engines))
     print(f"worker ready {runner.worker_id}", flush=True)
     try:
         consumer.run()
     finally:
         stop.set()
         runner.stopping.set()
+        try:
+            services.jobs.worker_beat(runner.worker_id, stopped=True)
+        except Exception:  # noqa: BLE001 - the database may be the reason we stop
+            log.warning("could not mark worker %s stopped", runner.worker_id)
         services.close()
     return 0
-
