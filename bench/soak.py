@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+CACHE = Path(".cache/bench-soak")  # trained adapters, reused across runs
 DEMOS = ("striped-style", "dotted-style", "outlined-style", "new-concept")
 METHODS = ("lora", "shira", "foura")
 
@@ -61,15 +62,22 @@ def make_variants(base: Path, dest: Path, n: int = 2) -> list[Path]:
 
 
 def train_adapters(model_dir: Path, dest: Path, steps: int) -> list[Path]:
-    """Twelve real adapters from the adapter-train engine: 4 demo sets × LoRA/SHiRA/FouRA."""
+    """Twelve real adapters from the adapter-train engine: 4 demo sets × LoRA/SHiRA/FouRA.
+    Kept in ``dest`` (a cache keyed by the model's hash and the step count) across runs."""
     from engines.adapters.engine import AdapterTrainEngine
     from engines.adapters.params import AdapterTrainParams
     from engines.base import EngineContext, ModelSpec
 
     out = []
+    dest.mkdir(parents=True, exist_ok=True)
     for i, demo in enumerate(DEMOS):
         for method in METHODS:
+            done = sorted(dest.glob(f"{method}-{demo}.*safetensors"))
+            if done:
+                out.append(done[0])
+                continue
             work = dest / f"work-{demo}-{method}"
+            shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             p = AdapterTrainParams(model="embedded", demo=demo, method=method, steps=steps, sample_every=0, seed=i,
                                    name=f"{method}-{demo}")
@@ -109,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         services = build(settings)
         t0 = time.perf_counter()
         variants = make_variants(base, settings.models_dir)
-        adapters = train_adapters(base, root / "adapters", args.train_steps)
+        from engines.pipelines import model_hash
+        from engines.base import ModelSpec
+
+        key = model_hash(ModelSpec("embedded", "embedded", base))[:12]
+        adapters = train_adapters(base, CACHE / f"{key}-s{args.train_steps}", args.train_steps)
         setup_s = time.perf_counter() - t0
         models = ["embedded"] + [str(v) for v in variants]
         env = dict(os.environ, STUDIO_DATA_DIR=str(settings.data_dir), STUDIO_AUTH="off")
@@ -117,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             env["STUDIO_ADAPTER_CACHE_MB"] = str(args.adapter_cache_mb)
         if args.model_cache_mb is not None:
             env["STUDIO_MODEL_CACHE_MB"] = str(args.model_cache_mb)
+        log_path = root / "worker.log"  # a file, not a pipe: a full pipe would stall the worker
+        log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
         worker = subprocess.Popen([sys.executable, "-m", "studio", "worker", "--data-dir", str(settings.data_dir)],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                  env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
         total = args.jobs + args.more
         first_mark = args.jobs // 3  # "after 100" of 300
         rss: dict[str, float] = {}
@@ -137,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     if j.status in ("completed", "failed", "canceled"):
                         break
                     if worker.poll() is not None:
-                        raise SystemExit(f"worker exited ({worker.returncode}): {worker.stderr.read()[-2000:]}")
+                        raise SystemExit(f"worker exited ({worker.returncode}): {log_path.read_text()[-2000:]}")
                     if time.monotonic() > deadline:
                         raise SystemExit(f"job {i} stuck in {j.status}")
                     time.sleep(0.01)
@@ -154,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+            log_file.close()
         block = max(1, args.more)
         p50_first = statistics.median(times[:block])
         p50_last = statistics.median(times[-block:])
