@@ -61,6 +61,13 @@ def dataset(cache_dir: Path, name: str, seed: int, n: int, split: str, p_two: fl
     return out
 
 
+def to_tensor(imgs: np.ndarray):  # noqa: ANN201 - torch imported lazily (data rendering needs none)
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
+
+
 def label_indices(scenes: np.ndarray) -> dict[str, np.ndarray]:
     """Primary-object labels (what the judge reads) as class indices per attribute."""
     return {"shape": scenes[:, 0], "color": scenes[:, 1], "size": scenes[:, 2],

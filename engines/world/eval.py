@@ -7,11 +7,15 @@ reported again under ``"unseen"``.
 
 ``python -m engines.world.eval [--model DIR] [--n-per-prompt N] [--steps S] [--guidance G]
 [--recon]`` prints one JSON object (``studio eval world --json`` calls ``main``).
+
+Also home of the measurements training uses as gates (``judge_accuracy``, ``recon_gate``,
+``quick_eval``): training imports them from here; this module imports nothing from training.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,6 +25,7 @@ import torch
 
 from engines.world import generator as g
 from engines.world import models as M
+from engines.world.data import to_tensor
 from engines.world.paths import default_model_dir, judge_dir
 
 SCORED = ("shape", "color", "background", "position", "style")
@@ -103,11 +108,54 @@ def _grid(x: torch.Tensor, path: Path, cols: int = 8) -> None:
     Image.fromarray(np.concatenate(rows, 0)).resize((cols * 128, len(rows) * 128), Image.NEAREST).save(path)
 
 
-def quick_eval(pipe) -> dict:  # noqa: ANN001
-    """The cheap version used during training to pick the best checkpoint (no timing)."""
-    judge = M.load_judge(judge_dir())
+def quick_eval(pipe, judge_path: Path | None = None, prompts=None) -> dict:  # noqa: ANN001
+    """The cheap version used during training to pick the best checkpoint (no timing).
+    ``judge_path``: a judge dir (default: the shipped judge); ``prompts``: default ``prompt_set()``."""
+    judge = M.load_judge(judge_path or judge_dir())
     return evaluate_pipeline(pipe, judge, n_per_prompt=1, steps=20, guidance=DEFAULT_GUIDANCE, seed=1,
-                             batch=48, time_images=0)
+                             batch=48, time_images=0, prompts=prompts)
+
+
+# ---------------------------------------------------------------- judge and autoencoder gates
+
+@torch.no_grad()
+def judge_accuracy(model: M.Judge, n: int, seed: int, transform=None) -> dict[str, float]:  # noqa: ANN001
+    """Per-attribute accuracy on ``n`` fresh single-object images (split "all")."""
+    ss = list(g.samples(seed, n, "all"))
+    x = to_tensor(np.stack([s.image for s in ss]))
+    if transform is not None:
+        x = transform(x)
+    pred = M.judge_predict(model, x)
+    return {h: round(float(np.mean([p == s.labels[h] for p, s in zip(pred[h], ss)])), 4) for h in M.Judge.HEADS}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def reconstruct(vae, x: torch.Tensor, batch: int = 128) -> torch.Tensor:  # noqa: ANN001
+    """(N, 3, 64, 64) in [0, 1] -> reconstructions via the posterior mean."""
+    outs = []
+    for i in range(0, len(x), batch):
+        z = vae.encode(x[i:i + batch] * 2 - 1).latent_dist.mean
+        outs.append(((vae.decode(z).sample + 1) / 2).clamp(0, 1))
+    return torch.cat(outs)
+
+
+def recon_gate(vae, n: int = 1000, seed: int = 4242, judge_path: Path | None = None) -> dict:  # noqa: ANN001
+    """Judge accuracy on VAE reconstructions of fresh real images; passes if every scored
+    attribute is read at ≥ 0.95. ``judge_path``: a judge dir (default: the shipped judge)."""
+    judge = M.load_judge(judge_path or judge_dir())
+    acc = judge_accuracy(judge, n, seed, transform=lambda x: reconstruct(vae, x))
+    ss = list(g.samples(seed, min(n, 512), "all"))
+    x = to_tensor(np.stack([s.image for s in ss]))
+    p = psnr(reconstruct(vae, x), x)
+    # The gate (issue 3) is the judge reading every scored attribute at ≥ 95 %; the 30 dB PSNR
+    # target is reported beside it (size is not a scored attribute).
+    return {"accuracy": acc, "psnr_db": round(p, 2), "psnr_target_met": p >= 30.0, "n": n,
+            "passed": bool(all(v >= 0.95 for k, v in acc.items() if k != "size"))}
 
 
 def load_pipeline(model_dir: Path | None = None, device: str = "cpu"):  # noqa: ANN201
@@ -135,8 +183,6 @@ def recon_eval(vae_dir: Path | None = None, n: int = 1000, seed: int = 4242) -> 
     """The autoencoder gate: judge accuracy on VAE reconstructions of fresh real images (all
     attributes must be ≥ 0.95) and reconstruction PSNR. Default VAE: the shipped model's."""
     from diffusers import AutoencoderKL
-
-    from engines.world.train import recon_gate
 
     path = Path(vae_dir) if vae_dir else default_model_dir() / "vae"
     vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True).eval()

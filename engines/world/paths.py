@@ -1,6 +1,8 @@
-"""Where the shipped embedded-world weights live (inside the package, so a fresh clone has them)."""
+"""Where the shipped embedded-world weights live (inside the package, so a fresh clone has them),
+and where training writes by default (outside the package)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -16,6 +18,12 @@ def judge_dir() -> Path:
     return WEIGHTS / "judge"
 
 
-def scratch_dir() -> Path:
-    """Default git-ignored training scratch dir: <repo>/.cache/world-train."""
-    return Path(__file__).resolve().parents[2] / ".cache" / "world-train"
+def train_dir() -> Path:
+    """Default training output dir: ``$STUDIO_DATA_DIR/world-train`` (``~/.studio/world-train``).
+    Training writes only there unless asked to install (``--install``)."""
+    return Path(os.environ.get("STUDIO_DATA_DIR") or Path.home() / ".studio").expanduser() / "world-train"
+
+
+def docs_img_dir() -> Path:
+    """Where ``--install`` puts the loss curves shown in docs/embedded-world.md."""
+    return Path(__file__).resolve().parents[2] / "docs" / "img"
