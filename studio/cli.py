@@ -21,6 +21,7 @@ BENCHES = {
     "adapters": "bench.adapters:main",
     "splat": "bench.splat:main",
     "security": "bench.security:main",
+    "personalize": "bench.personalize:main",
     "soak": "bench.soak:main",
     "scale": "bench.scale:main",
 }

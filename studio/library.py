@@ -91,9 +91,11 @@ class AdapterLibrary:
                          file_format=fmt or "unknown", asset_id=asset.id, base_model=str(m.get("base_model", "")),
                          base_model_hash=str(m.get("base_model_hash", "")), targets=list(m.get("targets") or []),
                          rank=m.get("rank"), density=m.get("density"), trigger=str(m.get("trigger") or ""),
-                         provenance={"job_id": job_id, "steps": m.get("steps"), "learning_rate": m.get("learning_rate"),
-                                     "images": m.get("images"), "seed": m.get("seed"),
-                                     "final_loss": m.get("final_loss")},
+                         # an engine's own provenance (e.g. personalize: subject/class words, hollow) first;
+                         # the job's facts win on a clash
+                         provenance=dict(m.get("provenance") or {}) | {
+                             "job_id": job_id, "steps": m.get("steps"), "learning_rate": m.get("learning_rate"),
+                             "images": m.get("images"), "seed": m.get("seed"), "final_loss": m.get("final_loss")},
                          preview_asset_ids=previews, owner_id=asset.owner_id))
 
     def import_file(self, stream: BinaryIO, filename: str, *, name: str = "", trigger: str = "",

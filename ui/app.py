@@ -7,7 +7,7 @@ import gradio as gr
 
 from studio import __version__
 from studio.wiring import Services
-from ui.tabs import adapters, gallery, generate, queue, run, splat
+from ui.tabs import adapters, gallery, generate, personalize, queue, run, splat
 
 
 # Ctrl/Cmd+Enter in a prompt box presses that tab's Generate/Run button (Enter alone adds a line).
@@ -36,6 +36,7 @@ def build(services: Services) -> gr.Blocks:
         with gr.Tabs() as tabs:
             generate.build_tab(services, bridge)
             adapters.build_tab(services)
+            personalize.build_tab(services, bridge, tabs)
             splat.build_tab(services)
             run.build_tab(services)
             queue.build_tab(services)

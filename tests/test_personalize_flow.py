@@ -1,0 +1,80 @@
+"""The personal flow through the Studio's services, as the Personalize tab drives it: photos
+uploaded as assets (a bad file is refused at upload), a photo check job with a verdict per photo,
+then a hollowed training job whose adapter enters the library and is used by t2i by name."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.errors import StudioError
+from studio.wiring import build_runner
+
+PHOTOS = Path(__file__).resolve().parent / "data" / "photos"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # noqa: ANN201
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _png(im: Image.Image) -> io.BytesIO:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    buf.seek(0)
+    return buf
+
+
+def test_photos_checked_trained_and_in_the_library(services, tiny_model) -> None:  # noqa: ANN001
+    with pytest.raises(StudioError):  # not an image: refused at upload, nothing stored
+        services.assets.upload(io.BytesIO(b"not a photo"), "notes.jpg")
+    rng = np.random.default_rng(1)
+    ids = []
+    for i in range(3):
+        im = Image.new("RGB", (40, 40), tuple(int(c) for c in rng.integers(0, 255, 3)))
+        im.paste((20, 160, 150), (8 + i, 8, 30 + i, 30))
+        ids.append(services.assets.upload(_png(im), f"me{i}.png").id)
+    with open(PHOTOS / "coffee.jpg", "rb") as f:
+        ids.append(services.assets.upload(f, "coffee.jpg").id)
+    ids.append(ids[0])  # the same photo dropped twice
+    runner = build_runner(services)
+    photos = [{"image": i} for i in ids]
+    check = services.jobs.submit("personalize", {"model": str(tiny_model), "photos": photos, "check_only": True},
+                                 origin="cli", enqueue=False)
+    assert runner.execute(check.id) == "completed", services.jobs.get(check.id).error
+    meta = services.jobs.get(check.id).result_meta
+    assert [p["ok"] for p in meta["photos"]] == [True, True, True, True, False]
+    assert "duplicate of" in meta["photos"][4]["message"] and meta["enough"]
+    assert services.library.list() == []  # a check trains nothing
+    job = services.jobs.submit("personalize", {"model": str(tiny_model), "photos": photos, "steps": 2, "hollow": 1,
+                                               "subject_word": "zq", "class_word": "toy", "samples_every": 0,
+                                               "targets": ["to_q", "to_v"], "name": "my-toy"},
+                               origin="cli", enqueue=False)
+    assert runner.execute(job.id) == "completed", services.jobs.get(job.id).error
+    (entry,) = services.library.list()
+    assert entry["name"] == "my-toy" and entry["method"] == "lora" and entry["trigger"] == "zq"
+    assert entry["provenance"]["hollow"] == 1 and entry["provenance"]["class_word"] == "toy"
+    assert entry["provenance"]["job_id"] == job.id and entry["base_model_hash"]
+    assert len(entry["previews"]) == 3  # samples, loss curve, photo sheet
+    grid = next(a for a in services.jobs.get(job.id).assets if a.kind == "image")
+    assert grid.meta["params"]["prompt"].startswith("a photo of zq toy")  # what "Use in Generate" loads
+    gen = services.jobs.submit("t2i", {"model": str(tiny_model), "prompt": "a photo of zq toy", "steps": 2,
+                                       "adapters": [{"adapter": "my-toy", "weight": 1.0}]}, enqueue=False)
+    assert runner.execute(gen.id) == "completed", services.jobs.get(gen.id).error
+
+
+def test_personalize_tab_builds(services) -> None:  # noqa: ANN001
+    from ui.app import build
+    from ui.tabs.personalize import memory_note
+
+    demo = build(services)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"pz-photos", "pz-verdicts", "pz-hollow", "pz-memory", "pz-start", "pz-use"} <= ids
+    assert "16%" in memory_note(2) and "Plain" in memory_note(0)
