@@ -87,6 +87,16 @@ class FouraLinear(nn.Module):
         d = self.up(z) * (self.alpha * self.scale)  # [..., N_out] frequency domain
         return y + d @ self.dct_out.to(x.dtype)  # inverse DCT (D.T applied as right-multiply by D)
 
+    def gate_stats(self) -> tuple[torch.Tensor | None, int]:
+        """(per-rank count of inputs the gate was on for, number of inputs) since the start: what
+        ``freeze_gate`` decides from, so a resumable trainer checkpoints it."""
+        return (None if self._gate_sum is None else self._gate_sum.detach().cpu().clone()), self._gate_n
+
+    def load_gate_stats(self, stats: tuple[torch.Tensor | None, int]) -> None:
+        s, n = stats
+        self._gate_sum = None if s is None else s.to(self.down.weight.device)
+        self._gate_n = int(n)
+
     @torch.no_grad()
     def freeze_gate(self, threshold: float = 0.5) -> torch.Tensor:
         """Fix the gate to the ranks that fired on at least ``threshold`` of recent inputs."""

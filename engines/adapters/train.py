@@ -229,7 +229,10 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, step: int, losses: list[float]) -> None:
         state = {"step": step, "losses": losses, "opt": self.opt.state_dict(),
-                 "params": [q.detach().cpu() for q in self.params], "masks": self.masks}
+                 "params": [q.detach().cpu() for q in self.params], "masks": self.masks,
+                 # FouRA: the gate statistics its frozen mask is computed from (exact resume)
+                 "foura_gates": {n: lyr.gate_stats() for n, lyr in self.layers.items()}
+                 if self.p.method == "foura" else {}}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -240,6 +243,8 @@ class Trainer:
             for q, v in zip(self.params, state["params"]):
                 q.copy_(v.to(q.device, q.dtype))
         self.opt.load_state_dict(state["opt"])
+        for name, stats in state.get("foura_gates", {}).items():
+            self.layers[name].load_gate_stats(stats)
         return int(state["step"]), list(state["losses"])
 
     # -- export ------------------------------------------------------------------------------------

@@ -220,3 +220,20 @@ def test_preserve_target_is_the_untouched_base_model(tiny_model, dataset, tmp_pa
         adapted = pipe.unet(x, t, encoder_hidden_states=c).sample
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(adapted, want, atol=1e-4)  # the adapter is active again
+
+
+def test_foura_cancel_then_resume_is_bit_identical(tiny_model, dataset, tmp_path) -> None:  # noqa: ANN001
+    """FouRA's frozen gate mask comes from gate statistics gathered over the whole run: they are
+    checkpointed, so an interrupted-and-resumed run exports exactly the uninterrupted run's tensors."""
+    p = params(tiny_model, dataset, method="foura", steps=6, checkpoint_every=2, learning_rate=5e-2)
+    state = tmp_path / "state"
+    with pytest.raises(Cancelled):
+        AdapterTrainEngine().run(p, ctx_for(tmp_path / "a", state, cancel_after=3))
+    gates = torch.load(state / "checkpoint.pt", weights_only=False)["foura_gates"]
+    assert gates and all(s.numel() == 4 and n > 0 for s, n in gates.values())  # rank 4, counted so far
+    resumed = AdapterTrainEngine().run(p, ctx_for(tmp_path / "b", state))
+    assert resumed.meta["resumed_from"] == 2
+    straight = AdapterTrainEngine().run(p, ctx_for(tmp_path / "c", tmp_path / "fresh"))
+    a, b = _weights(resumed), _weights(straight)
+    assert a.keys() == b.keys() and any(k.endswith("frozen_mask") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)

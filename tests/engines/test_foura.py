@@ -48,3 +48,27 @@ def test_gate_is_input_dependent_and_frozen_gate_fuses_exactly() -> None:
     fuse(layers)
     fused = model(xs)
     assert torch.allclose(unfused, fused, atol=1e-5)
+
+
+def test_gate_stats_round_trip_gives_the_same_frozen_mask() -> None:
+    """What a resumable trainer checkpoints: restoring the statistics into a fresh layer and
+    feeding both the same later inputs freezes the same mask."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 16)
+    a = FouraLinear(base, rank=8)
+    with torch.no_grad():
+        a.up.weight.normal_()
+    first, later = torch.randn(20, 16), torch.randn(20, 16)
+    a(first)
+    stats = a.gate_stats()
+    assert stats[1] == 20 and stats[0].shape == (8,)
+    b = FouraLinear(base, rank=8)
+    b.load_state_dict(a.state_dict())
+    b.load_gate_stats(stats)
+    a(later), b(later)
+    assert torch.equal(a.gate_stats()[0], b.gate_stats()[0]) and a.gate_stats()[1] == b.gate_stats()[1] == 40
+    assert torch.equal(a.freeze_gate(), b.freeze_gate())
+    fresh = FouraLinear(base, rank=8)
+    assert fresh.gate_stats() == (None, 0)
+    fresh.load_gate_stats((None, 0))
+    assert torch.equal(fresh.freeze_gate(), torch.ones(8))  # no statistics: every rank stays on
