@@ -87,6 +87,17 @@ class Postgres:
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{dbname}"')
 
+    def new_database(self) -> str:
+        """A fresh empty database on this server (one per test); returns its SQLAlchemy URL."""
+        import uuid
+
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
     def _run(self, cmd: list[str]) -> None:
         kw = {"user": self.user} if self.user else {}
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
@@ -147,6 +158,12 @@ class Redis:
         self.proc = subprocess.Popen(args, stdout=open(self.root / "redis.log", "ab"), stderr=subprocess.STDOUT)
         _wait_port(self.port, 30)
 
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url) as r:
+            r.flushall()
+
     def stop(self, hard: bool = True) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
@@ -162,3 +179,58 @@ class Redis:
             self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class WorkerProcess:
+    """``studio worker`` as another machine would run it: its own scratch data dir (work dirs,
+    previews, logs), the shared database, queue and asset root from ``env``."""
+
+    def __init__(self, scratch: Path, env: dict[str, str], *, threads: int = 1, engines: str | None = None) -> None:
+        import sys
+
+        self.scratch = scratch
+        scratch.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while (scratch / f"worker-{n}.log").exists():  # one log per incarnation
+            n += 1
+        self.log = scratch / f"worker-{n}.log"
+        cmd = [sys.executable, "-m", "studio", "worker", "--data-dir", str(scratch), "--workers", str(threads)]
+        if engines:
+            cmd += ["--engines", engines]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=str(scratch.parent), env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def ready(self, timeout: float = 90.0) -> "WorkerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "worker ready" in self.log.read_text(errors="replace"):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"worker did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    @property
+    def worker_id(self) -> str:
+        return self.log.read_text(errors="replace").split("worker ready ")[-1].split()[0]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -5,8 +5,10 @@
 #   scripts/system-deps.sh run    libusb-1.0-0 (open3d's native dependency; optional: the plane
 #                                 baselines say why they are off without it). Never a browser.
 #                                 Missing and not installable -> a warning, the Studio still starts.
-#   scripts/system-deps.sh test   + chromium (browser tests, viewer bench) and caddy (reverse-proxy
-#                                 TLS test). Missing and not installable -> stop with the command.
+#   scripts/system-deps.sh test   + chromium (browser tests, viewer bench), caddy (reverse-proxy
+#                                 TLS test), postgresql and redis-server (scale-out tests start
+#                                 throwaway servers on loopback; the system services are not used).
+#                                 Missing and not installable -> stop with the command.
 #
 # Installs when running as root or with passwordless sudo, on a machine with apt-get.
 # STUDIO_SYSTEM_DEPS=skip skips the whole check (e.g. a non-Debian box set up by hand).
@@ -23,6 +25,8 @@ have_pkg() {  # package installed (dpkg), or what it provides is present (non-dp
     caddy) command -v caddy >/dev/null 2>&1 ;;
     python3-venv) python3 -c "import ensurepip" 2>/dev/null ;;
     libusb-1.0-0) ldconfig -p 2>/dev/null | grep -q 'libusb-1\.0\.so' ;;
+    postgresql) ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 ;;
+    redis-server) command -v redis-server >/dev/null 2>&1 ;;
     *) return 1 ;;
   esac
 }
@@ -30,7 +34,7 @@ have_pkg() {  # package installed (dpkg), or what it provides is present (non-dp
 pkgs=(libusb-1.0-0)
 # Debian's python3 makes venvs only with python3-venv (ensurepip); needed unless .venv exists
 [ -x "${VENV:-.venv}/bin/python" ] || python3 -c "import ensurepip" 2>/dev/null || pkgs+=(python3-venv)
-[ "$target" = "test" ] && pkgs+=(chromium caddy)
+[ "$target" = "test" ] && pkgs+=(chromium caddy postgresql redis-server)
 need=()
 for p in "${pkgs[@]}"; do have_pkg "$p" || need+=("$p"); done
 [ ${#need[@]} -eq 0 ] && exit 0

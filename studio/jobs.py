@@ -217,8 +217,11 @@ class JobService:
             log.warning("could not enqueue job %s (%s: %s); workers will find it in the database",
                         job_id, type(e).__name__, str(e)[:200])
             return
-        with self.db.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(queue_task_id=task_id))
+        try:  # the task id only serves revoke; a failure here must not fail a stored, enqueued job
+            with self.db.session() as s:
+                s.execute(update(Job).where(Job.id == job_id).values(queue_task_id=task_id))
+        except Exception as e:  # noqa: BLE001
+            log.warning("job %s: task id not recorded (%s)", job_id, type(e).__name__)
 
     # -- claims and leases (workers) -----------------------------------------------------
     def claim(self, job_id: str, worker_id: str, lease_s: float) -> str | None:

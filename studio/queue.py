@@ -25,9 +25,9 @@ log = logging.getLogger("studio.queue")
 
 def make_huey(settings: Settings):  # noqa: ANN201
     url = settings.queue_url
-    if not url:
-        return SqliteHuey(name="studio", filename=str(settings.queue_path), results=False,
-                          journal_mode="wal", timeout=30, utc=True)
+    if not url or url.startswith("sqlite:///"):  # a huey SQLite file (default: queue.db in the data dir)
+        path = url.removeprefix("sqlite:///") if url else str(settings.queue_path)
+        return SqliteHuey(name="studio", filename=path, results=False, journal_mode="wal", timeout=30, utc=True)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from redis import ConnectionPool
 
@@ -36,14 +36,14 @@ def make_huey(settings: Settings):  # noqa: ANN201
         pool = ConnectionPool.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=10)
         return PriorityRedisHuey(name="studio", connection_pool=pool, results=False, utc=True, blocking=True,
                                  read_timeout=1)
-    raise SystemExit(f"STUDIO_QUEUE_URL must be redis://… (or unset for the SQLite file); got {url.split(':')[0]}://…")
+    raise SystemExit(f"STUDIO_QUEUE_URL must be redis://… or sqlite:///PATH (unset: queue.db in the data dir); got {url.split(':')[0]}://…")
 
 
 class JobQueue:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.huey = make_huey(settings)
-        self.kind = "redis" if settings.queue_url else "sqlite"
+        self.kind = "redis" if "redis" in settings.queue_url.split(":")[0] else "sqlite"
         self._runner: Callable[[str], None] | None = None
 
         @self.huey.task(name=TASK_NAME)

@@ -90,18 +90,38 @@ def devices(runner) -> list[str]:  # noqa: ANN001
     return out
 
 
+def _start(settings: Settings, engines: list[str], threads: int, wait_s: float = 120.0):  # noqa: ANN202
+    """Build, register and run the first recovery pass; a database server that is restarting
+    (or not up yet) is waited for rather than ending the worker."""
+    from sqlalchemy.exc import DBAPIError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        services = None
+        try:
+            services = build(settings)
+            runner = build_runner(services)
+            runner.engines = tuple(engines)  # claim only what this process can run
+            services.queue.bind(runner.drain)  # a message is a doorbell: claim the best job from the database
+            services.jobs.register_worker(runner.worker_id, host=runner.worker_id.split(":")[0], pid=os.getpid(),
+                                          devices=devices(runner), engines=engines, threads=threads)
+            recover(services, runner.worker_id)
+            services.assets.sweep_orphans()
+            return services, runner
+        except DBAPIError as e:
+            if services is not None:
+                services.close()
+            if not settings.shared or time.monotonic() > deadline:
+                raise
+            log.warning("database not reachable (%s); retrying", type(e.orig).__name__)
+            time.sleep(1.0)
+
+
 def run_worker(settings: Settings, workers: int | None = None, parent_pid: int | None = None) -> int:
     """Run the consumer until SIGINT/SIGTERM (or until ``parent_pid``, the web process, is gone)."""
     engines = check_engines(tuple(settings.engines))
     threads = workers or settings.workers
-    services = build(settings)
-    runner = build_runner(services)
-    runner.engines = tuple(engines)  # claim only what this process can run
-    services.queue.bind(runner.drain)  # a message is a doorbell: claim the best job from the database
-    services.jobs.register_worker(runner.worker_id, host=runner.worker_id.split(":")[0], pid=os.getpid(),
-                                  devices=devices(runner), engines=engines, threads=threads)
-    recover(services, runner.worker_id)
-    services.assets.sweep_orphans()
+    services, runner = _start(settings, engines, threads)
 
     stop = threading.Event()
 

@@ -32,6 +32,27 @@ def worker_line(services: Services) -> str:
     return " · ".join(parts)
 
 
+def cluster_markdown(services: Services) -> str:
+    """Workers (engines, what each runs, heartbeat age) and queue depth per engine."""
+    try:
+        info = services.jobs.cluster(services.settings.lease_seconds)
+    except Exception as e:  # noqa: BLE001 - the panel must not break the tab (database restarting)
+        return f"Workers: unavailable ({type(e).__name__})"
+    lines = [f"**Workers** ({info['database']} · queue {info['queue_transport']})", "",
+             "| worker | state | heartbeat | devices | engines | running |", "|---|---|---|---|---|---|"]
+    for w in info["workers"]:
+        run = ", ".join(f"`{r['id']}` {r['engine']} {r['progress'] * 100:.0f}%" for r in w["running"]) or "–"
+        engines = ", ".join(w["engines"])
+        lines.append(f"| {w['host']} pid {w['pid']} | {w['state']} | {w['heartbeat_age_s']:.1f} s ago | "
+                     f"{', '.join(w['devices'])} | {engines[:80]} | {run} |")
+    if not info["workers"]:
+        lines.append("| no worker registered | | | | | |")
+    if info["queue"]:
+        lines += ["", "| engine | queued | running |", "|---|---|---|"]
+        lines += [f"| {e} | {q['queued']} | {q['running']} |" for e, q in info["queue"].items()]
+    return "\n".join(lines)
+
+
 def build_tab(services: Services) -> None:
     with gr.Tab("Queue", id="queue"):
         with gr.Row():
@@ -44,6 +65,9 @@ def build_tab(services: Services) -> None:
             cancel_btn = gr.Button("Cancel", variant="stop", elem_id="queue-cancel", scale=1)
             retry_btn = gr.Button("Retry", elem_id="queue-retry", scale=1)
         worker = gr.Markdown(worker_line(services), elem_id="queue-worker")
+        with gr.Accordion("Workers and queue depth", open=False, elem_id="queue-cluster-panel"):
+            cluster = gr.Markdown(cluster_markdown(services), elem_id="queue-cluster")
+            gr.Timer(2.0).tick(lambda: cluster_markdown(services), outputs=cluster, show_progress="hidden")
         detail = gr.Markdown(elem_id="queue-detail")
         params = gr.JSON(label="Params and error", elem_id="queue-json")
 
