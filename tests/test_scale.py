@@ -369,3 +369,22 @@ def test_a_frozen_worker_loses_its_lease_and_cannot_overwrite(svc: Any, urls: di
         far.stop()
         if near is not None:
             near.stop()
+
+
+def test_cancel_and_retry_work_on_the_backend(svc: Any) -> None:
+    queued = svc.jobs.submit("test-steps", {"steps": 1, "step_s": 0})
+    assert svc.jobs.cancel(queued.id).status == "canceled"
+    assert _runner(svc).drain() == 0
+    again = svc.jobs.retry(queued.id)
+    assert again.retried_from == queued.id and _runner(svc).drain() == 1
+    assert svc.jobs.get(again.id).status == "completed"
+
+
+def test_cli_db_upgrade_and_worker_engine_check(urls: dict[str, str], tmp_path: Path) -> None:
+    env = _env(urls)
+    r = subprocess.run([sys.executable, "-m", "studio", "db", "upgrade", "--data-dir", str(tmp_path / "d")], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "revision 0004" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "studio", "worker", "--engines", "t2i,no-such", "--data-dir",
+                        str(tmp_path / "d")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "unknown engine(s) no-such" in r.stderr
