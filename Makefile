@@ -8,7 +8,9 @@ PORT ?= 7860
 
 # Debian packages first (scripts/system-deps.sh): installed when root or passwordless sudo,
 # else `make test` stops here with the one apt-get command to run. `make run` needs no browser:
-# it only wants libusb-1.0-0 (open3d baselines) and starts without it, with a warning.
+# it only wants libusb-1.0-0 (open3d baselines) and starts without it, with a warning. `make test`
+# also wants chromium, caddy, postgresql and redis-server (tests/test_scale.py starts throwaway
+# PostgreSQL and Redis servers on loopback; CI=1 makes them required).
 DEPS_FOR ?= run
 test test-fast: DEPS_FOR = test
 
