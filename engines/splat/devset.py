@@ -168,8 +168,7 @@ def reconstruct_dev(dev: DevScene, steps: int = 800, seed: int = 0, max_gaussian
         for cam in dev.cameras:
             views.append((cam, render(st, cam, "alpha", ("rgb",))["rgb"]))  # [H, W, 3] over black
     cfg = ReconConfig(steps=steps, mode="alpha", n_init=n_init, max_gaussians=max_gaussians,
-                      densify_every=max(10, steps // 10), densify_frac=0.3, seed=seed)
-    torch.manual_seed(seed)
+                      densify_every=max(10, steps // 10), densify_frac=0.3, seed=seed)  # local generator inside
     out = reconstruct(views, cfg).to_scene()
     out.meta["up"] = "z"
     return out

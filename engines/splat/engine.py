@@ -178,9 +178,8 @@ class SplatReconstruct(Engine):
         ctx.check_cancelled()
         cfg = ReconConfig(steps=params.steps, mode=params.mode, wsr_variant=params.wsr_variant, n_init=params.n_init,
                           max_gaussians=params.max_gaussians, sh_degree=params.sh_degree, background=bg,
-                          seed=params.seed)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+                          seed=params.seed)  # reconstruct draws from its own torch.Generator(cfg.seed):
+        # no process-global seeding here (the worker runs engines on threads side by side)
         every = max(1, params.steps // 20)
         preview_every = max(1, params.steps // 5)
         preview = ctx.work_dir / "preview.png"
