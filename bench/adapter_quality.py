@@ -169,10 +169,11 @@ def train_adapter(model_dir: Path, method: str, dataset: Path, trigger: str, see
     from engines.base import EngineContext, ModelSpec
 
     lr = {"lora": args.lr_lora, "shira": args.lr_shira, "foura": args.lr_foura}[method]
-    p = AdapterTrainParams(model="embedded", dataset=str(dataset), method=method, trigger=trigger, rank=args.q_rank,
-                           targets=args.targets, mask_type=args.mask, preserve=preserve,
-                           density=round(density, 5), steps=args.steps, learning_rate=lr, batch_size=args.batch,
-                           seed=seed, sample_every=0, name=f"{method}-{trigger}")
+    own = {"density": round(density, 5), "mask_type": args.mask} if method == "shira" else {"rank": args.q_rank}
+    p = AdapterTrainParams.model_validate(dict(
+        model="embedded", dataset=str(dataset), method=method, trigger=trigger, targets=args.targets,
+        preserve=preserve, steps=args.steps, learning_rate=lr, batch_size=args.batch, seed=seed, sample_every=0,
+        name=f"{method}-{trigger}", **own)).root  # the per-method params (LoRA/FouRA: rank; SHiRA: density, mask)
     key = hashlib.sha256((RECIPE + model_key + p.model_dump_json(exclude={"dataset"})).encode()).hexdigest()[:16]
     dest = CACHE / f"{method}-{trigger}-{key}.safetensors"
     info_path = dest.with_suffix(".json")
@@ -187,7 +188,7 @@ def train_adapter(model_dir: Path, method: str, dataset: Path, trigger: str, see
     art = next(a for a in res.artifacts if a.kind == "adapter")
     info = {"seconds": round(time.perf_counter() - t0, 1), "final_loss": round(res.meta["final_loss"], 5),
             "params": _n_params(art.path, method), "lr": lr, "steps": args.steps, "seed": seed, "preserve": preserve,
-            "rank": args.q_rank if method != "shira" else None, "density": p.density if method == "shira" else None,
+            "rank": args.q_rank if method != "shira" else None, "density": getattr(p, "density", None),
             "key": key}
     shutil.move(str(art.path), dest)
     info_path.write_text(json.dumps(info))

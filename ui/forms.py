@@ -2,6 +2,10 @@
 
 Fields are mapped by name, never by position, so the UI cannot drift from the params
 models: adding a field to an engine's params adds a control here automatically.
+
+A schema that names a discriminator (``x-discriminator``, e.g. adapter-train's ``method``)
+marks the fields of only some of its values with ``x-methods``: such a field is shown only
+while the discriminator holds one of them, and is not sent otherwise.
 """
 from __future__ import annotations
 
@@ -77,14 +81,54 @@ def build_form(schema: dict[str, Any], elem_prefix: str = "", render: bool = Tru
             multiline = "prompt" in name
             comps[name] = gr.Textbox(value=default if default is not None else "", label=label, info=info,
                                      lines=3 if multiline else 1, elem_id=elem_id, interactive=True, render=render)
+    _wire_discriminator(schema, comps, preset)
     return comps
+
+
+def applies(schema: dict[str, Any], name: str, choice: Any) -> bool:
+    """Whether field ``name`` belongs to the discriminator value ``choice`` (always, for common fields)."""
+    methods = schema.get("properties", {}).get(name, {}).get("x-methods")
+    return methods is None or choice in methods
+
+
+def _discriminator_value(schema: dict[str, Any], comps: dict[str, Any], values: dict[Any, Any] | None,
+                         preset: dict[str, Any] | None = None) -> Any:
+    disc = schema.get("x-discriminator")
+    if disc is None:
+        return None
+    if values is not None and disc in comps and comps[disc] in values:
+        return values[comps[disc]]
+    return (preset or {}).get(disc, schema["properties"].get(disc, {}).get("default"))
+
+
+def _wire_discriminator(schema: dict[str, Any], comps: dict[str, Any], preset: dict[str, Any] | None) -> None:
+    """Show the fields of the chosen discriminator value only: initial visibility from the preset or
+    default, then updated whenever the discriminator control changes."""
+    disc = schema.get("x-discriminator")
+    dependent = [n for n in comps if "x-methods" in schema["properties"].get(n, {})]
+    if not dependent:
+        return
+    choice = _discriminator_value(schema, comps, None, preset)
+    for n in dependent:
+        comps[n].visible = applies(schema, n, choice)
+    if disc not in comps:
+        return
+
+    def toggle(value: Any) -> list[Any]:
+        return [gr.update(visible=applies(schema, n, value)) for n in dependent]
+
+    comps[disc].change(toggle, inputs=comps[disc], outputs=[comps[n] for n in dependent], show_progress="hidden",
+                       queue=False)
 
 
 def collect(schema: dict[str, Any], comps: dict[str, Any], values: dict[Any, Any], upload) -> dict[str, Any]:  # noqa: ANN001
     """Turn component values into a params dict; file fields are uploaded as assets via ``upload``."""
     defs = schema.get("$defs", {})
     params: dict[str, Any] = {}
+    choice = _discriminator_value(schema, comps, values)
     for name, comp in comps.items():
+        if not applies(schema, name, choice):
+            continue  # a hidden field of another method: not sent (the server would refuse it)
         raw = schema["properties"][name]
         prop = _resolve(raw, defs)
         v = values.get(comp)

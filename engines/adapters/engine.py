@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from engines.adapters.params import AdapterTrainParams
+from engines.adapters.params import AdapterTrainParams, FouraTrainParams, LoraTrainParams, ShiraTrainParams
 from engines.base import Artifact, Engine, EngineContext, EngineResult
 
+MethodParams = LoraTrainParams | ShiraTrainParams | FouraTrainParams
 EXT = {"lora": ".safetensors", "shira": ".shira.safetensors", "foura": ".foura.safetensors"}
 
 
@@ -20,15 +21,17 @@ class AdapterTrainEngine(Engine):
     idempotent = True  # an interrupted run resumes from its last checkpoint
     model_params = ("model",)
 
-    def run(self, p: AdapterTrainParams, ctx: EngineContext) -> EngineResult:
+    def run(self, p: AdapterTrainParams | MethodParams, ctx: EngineContext) -> EngineResult:
         import torch
 
+        if isinstance(p, AdapterTrainParams):
+            p = p.root  # the per-method model the union chose
         # Grad mode is per-thread global state: whatever ran before on this thread (a t2i job, a
         # bench) may have switched it off, and training must not depend on that.
         with torch.enable_grad():
             return self._run(p, ctx)
 
-    def _run(self, p: AdapterTrainParams, ctx: EngineContext) -> EngineResult:
+    def _run(self, p: MethodParams, ctx: EngineContext) -> EngineResult:
         import torch
 
         from engines.adapters.data import demo_dataset, load_dataset
@@ -72,8 +75,8 @@ class AdapterTrainEngine(Engine):
             ctx.progress(step + 1, p.steps, f"step {step + 1}/{p.steps} loss {losses[-1]:.4f}", pv)
         name = p.name or f"{p.method}-{p.trigger or p.demo or 'adapter'}"
         meta = {"name": name, "method": p.method, "base_model": p.model, "base_model_hash": loaded.model_hash,
-                "targets": p.targets, "rank": p.rank if p.method != "shira" else None,
-                "density": p.density if p.method == "shira" else None, "trigger": p.trigger,
+                "targets": p.targets, "rank": getattr(p, "rank", None), "density": getattr(p, "density", None),
+                "trigger": p.trigger,
                 "steps": p.steps, "learning_rate": p.learning_rate, "images": len(items), "seed": p.seed,
                 "preserve": p.preserve}
         out = ctx.work_dir / (_safe(name) + EXT[p.method])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engines.adapters.params import AdapterTrainParams
+from engines.adapters.params import FouraTrainParams, LoraTrainParams, ShiraTrainParams
 from engines.base import EngineContext, EngineError
 
 
@@ -101,7 +101,8 @@ def encode_negatives(pipe: Any, captions: list[str], trigger: str, seed: int, k:
 
 
 class Trainer:
-    def __init__(self, pipe: Any, p: AdapterTrainParams, ctx: EngineContext) -> None:
+    def __init__(self, pipe: Any, p: LoraTrainParams | ShiraTrainParams | FouraTrainParams,
+                 ctx: EngineContext) -> None:
         from diffusers import DDPMScheduler
 
         self.pipe, self.p, self.ctx = pipe, p, ctx

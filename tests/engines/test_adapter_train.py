@@ -34,11 +34,13 @@ def ctx_for(tmp: Path, state: Path, cancel_after: int | None = None, events: lis
                          resolve_input=Path, report=seen.append, is_cancelled=cancelled, state_dir=state)
 
 
-def params(model: Path, data: Path, **kw) -> AdapterTrainParams:  # noqa: ANN003
+def params(model: Path, data: Path, **kw):  # noqa: ANN003, ANN201
+    """The per-method params model (``.root`` of the union) for ``kw["method"]`` (default lora)."""
     base = {"model": str(model), "dataset": str(data), "steps": 4, "batch_size": 2, "sample_every": 0,
-            "checkpoint_every": 2, "targets": ["to_q", "to_k", "to_v", "to_out.0"], "rank": 4, "density": 0.05,
+            "checkpoint_every": 2, "targets": ["to_q", "to_k", "to_v", "to_out.0"],
             "caption_template": "{caption}, {trigger}", "trigger": "sks"}
-    return AdapterTrainParams(**(base | kw))
+    own = {"density": 0.05} if kw.get("method") == "shira" else {"rank": 4}
+    return AdapterTrainParams.model_validate(base | own | kw).root
 
 
 @pytest.mark.parametrize("method", ["lora", "shira", "foura"])
@@ -71,6 +73,38 @@ def test_bad_params_are_clear() -> None:
         AdapterTrainParams(model="m")
     with pytest.raises(ValueError, match="trigger"):
         AdapterTrainParams(model="m", demo="new-concept", caption_template="{trigger}")
+
+
+def test_params_are_per_method() -> None:
+    """A discriminated union on ``method``: each method takes its own fields and refuses the others'
+    with an error naming the field; the flat schema says which fields belong to which methods."""
+    from pydantic import ValidationError
+
+    from engines.adapters.params import FouraTrainParams, LoraTrainParams, ShiraTrainParams
+
+    demo = {"demo": "striped-style"}
+    assert isinstance(AdapterTrainParams.model_validate(demo).root, LoraTrainParams)  # lora by default
+    assert isinstance(AdapterTrainParams.model_validate(demo | {"method": "foura", "rank": 2}).root, FouraTrainParams)
+    sh = AdapterTrainParams.model_validate(demo | {"method": "shira", "density": 0.1, "mask_type": "snip"})
+    assert isinstance(sh.root, ShiraTrainParams) and sh.root.density == 0.1 and not hasattr(sh.root, "rank")
+    assert sh.model_dump()["method"] == "shira" and "rank" not in sh.model_dump()
+    assert AdapterTrainParams.model_validate(sh.model_dump()) == sh  # what a job stores validates again
+    for bad, field, msg in ((demo | {"method": "lora", "density": 0.05}, "density", "only to shira"),
+                            (demo | {"method": "foura", "mask_type": "snip"}, "mask_type", "only to shira"),
+                            (demo | {"method": "shira", "rank": 4}, "rank", "only to lora, foura"),
+                            (demo | {"method": "dora"}, "method", "lora"),
+                            (demo | {"method": "shira", "density": 0.9}, "density", "less than or equal"),
+                            (demo | {"rank": 4, "typo": 1}, "typo", "not permitted")):
+        with pytest.raises(ValidationError) as e:
+            AdapterTrainParams.model_validate(bad)
+        errs = e.value.errors()
+        assert [x["loc"] for x in errs] == [(field,)] and msg in errs[0]["msg"], errs
+    schema = AdapterTrainParams.model_json_schema()
+    props = schema["properties"]
+    assert schema["x-discriminator"] == "method" and props["method"]["enum"] == ["lora", "shira", "foura"]
+    assert props["rank"]["x-methods"] == ["lora", "foura"] and props["density"]["x-methods"] == ["shira"]
+    assert props["mask_type"]["x-methods"] == ["shira"] and "x-methods" not in props["steps"]
+    assert props["dataset"]["format"] == "studio-input"  # input-file detection still sees it
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(tiny_model, dataset, tmp_path) -> None:  # noqa: ANN001
