@@ -265,12 +265,13 @@ class JobService:
                 .where(Job.status == "queued", Job.cancel_requested.is_(False))
                 .order_by(Job.priority.desc(), func.coalesce(load.c.running, 0).asc(),
                           load.c.last_start.asc().nulls_first(), Job.created_at.asc(), Job.id.asc())
-                .limit(tries))
+                )
         if engines:
             stmt = stmt.where(Job.engine.in_(list(engines)))
-        postgres = self.db.engine.dialect.name == "postgresql"
-        if postgres:
-            stmt = stmt.with_for_update(of=Job, skip_locked=True)
+        if self.db.engine.dialect.name == "postgresql":  # lock just the row we take; others skip it
+            stmt = stmt.with_for_update(of=Job, skip_locked=True).limit(1)
+        else:
+            stmt = stmt.limit(tries)
         with self.db.session() as s:
             for job_id in s.scalars(stmt).all():
                 token = uuid.uuid4().hex
