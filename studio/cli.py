@@ -23,6 +23,7 @@ BENCHES = {
     "security": "bench.security:main",
     "personalize": "bench.personalize:main",
     "soak": "bench.soak:main",
+    "relight": "bench.relight:main",
     "scale": "bench.scale:main",
 }
 EVALS = {
