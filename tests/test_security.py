@@ -433,16 +433,22 @@ def test_big_ascii_ply_does_not_stall_the_server(launched, tmp_path: Path) -> No
             result["r"] = httpx.post(launched.url + "/api/v1/assets", files={"file": ("big.ply", f)}, timeout=300)
 
     t = threading.Thread(target=upload)
+    started = time.perf_counter()
     t.start()
-    worst = 0.0
+    worst, polls = 0.0, 0
     while t.is_alive():
         t0 = time.perf_counter()
-        assert httpx.get(launched.url + "/healthz", timeout=10).status_code == 200
+        assert httpx.get(launched.url + "/healthz", timeout=30).status_code == 200
         worst = max(worst, time.perf_counter() - t0)
+        polls += 1
         time.sleep(0.05)
     t.join()
+    upload_s = time.perf_counter() - started
     assert result["r"].status_code == 201, result["r"].text
-    assert worst < 1.0, worst
+    # Parsed on the event loop, the PLY would hold one health check for about the whole parse,
+    # most of the upload. The bound scales with the upload, so a loaded box (slower everything)
+    # does not flake it; 1 s stays the floor.
+    assert polls >= 1 and worst < max(1.0, 0.5 * upload_s), (worst, upload_s, polls)
 
 
 def test_streamed_body_over_the_cap_is_cut_early(launched) -> None:  # noqa: ANN001
