@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "splat-reconstruct": "engines.splat.engine:SplatReconstruct",
     "t2i": "engines.t2i.engine:T2IEngine",
     "adapter-train": "engines.adapters.engine:AdapterTrainEngine",
+    "video-edit": "engines.video.engine:VideoEditEngine",
     "personalize": "engines.personalize.engine:PersonalizeEngine",
 }
 
