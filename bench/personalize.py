@@ -3,7 +3,7 @@ prompt fidelity on the embedded model, plain vs hollowed vs the untrained base.
 
     studio bench personalize --json [--memory-only | --quality-only] [--threads 1]
         memory:  [--mem-steps 2] [--mem-hollow 2] [--rank 4] [--device cpu]
-        quality: [--steps 300] [--seeds 0] [--eval-seeds 0 1] [--contexts 8] [--hollow 1]
+        quality: [--steps 300] [--lr 5e-3] [--seeds 0] [--eval-seeds 0 1] [--contexts 8] [--hollow 1]
 
 Memory: an SD1.5-config ``UNet2DConditionModel`` with random weights (cost does not depend on
 the values), 64×64 latents (512×512 images), batch 1, LoRA r=4 on the engine's default targets,
@@ -21,7 +21,8 @@ Peak = the process's peak RSS (``VmHWM``) over the measured phase, reset right b
 Quality: the ``personalize`` engine itself on the embedded model with the demo subject (8
 photos of the world's never-seen creature), subject word ``sks``, class ``creature``, plain
 (hollow 0) and hollowed (``--hollow``), same seed and steps; then ``engines.personalize.metrics``:
-``subject_fidelity``, ``prompt_fidelity`` (contexts the photos never showed) and ``base_drift``,
+``subject_fidelity`` (a judge head that knows the subject), ``subject_similarity`` (DINO-style),
+``prompt_fidelity`` (contexts the photos never showed) and ``base_drift``,
 with the untrained base model as reference. Everything seeded.
 """
 from __future__ import annotations
@@ -168,7 +169,7 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     from engines.base import EngineContext, ModelSpec
     from engines.personalize.demo import demo_photos
     from engines.personalize.engine import PersonalizeEngine
-    from engines.personalize.metrics import evaluate, generate
+    from engines.personalize.metrics import evaluate, generate, subject_probe
     from engines.personalize.params import PersonalizeParams
     from engines.personalize.train import apply_adapter_file
     from engines.pipelines import load_pipeline
@@ -180,7 +181,7 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     judge = load_judge(judge_dir())
     avoid = {(lab["position"], lab["background"]) for _, _, lab in demo_photos()}
     words = {"subject_word": "sks", "class_word": "creature"}
-    kw = dict(n_contexts=a.contexts, seeds=tuple(a.eval_seeds), guidance=4.0, avoid=avoid)
+    kw = dict(n_contexts=a.contexts, seeds=tuple(a.eval_seeds), guidance=4.0, avoid=avoid, probe=subject_probe(judge))
 
     def fresh() -> Any:
         return load_pipeline(spec, "cpu", "float32").pipe
@@ -220,7 +221,7 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                 out["runs"][f"{mode}/seed{seed}"] = scores
     for mode, rows in per.items():
         out[mode] = {m: round(sum(r[m] for r in rows) / len(rows), 4)
-                     for m in ("subject_fidelity", "prompt_fidelity", "base_drift")}
+                     for m in ("subject_fidelity", "subject_similarity", "prompt_fidelity", "base_drift")}
     out["hollowed_minus_plain_points"] = {
         m: round(100 * (out["hollowed"][m] - out["plain"][m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
     out["plain_minus_base_points"] = {
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1], help="generation seeds per context")
     ap.add_argument("--contexts", type=int, default=8, help="unseen (position, background) contexts")
     ap.add_argument("--hollow", type=int, default=1, help="hollow levels for the quality runs (embedded: 0..2)")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -322,3 +322,27 @@ def test_too_deep_a_hollow_is_a_clear_error(tiny_model, photo_dir, tmp_path) -> 
         PersonalizeEngine().run(params(tiny_model, photo_dir, hollow=3), ctx_for(tmp_path, tmp_path / "s"))
     with pytest.raises(EngineError, match="smaller hollow"):  # k=2 leaves no attention layer in the tiny U-Net
         PersonalizeEngine().run(params(tiny_model, photo_dir, hollow=2, steps=1), ctx_for(tmp_path / "b", tmp_path / "s2"))
+
+
+def test_subject_metrics_tell_the_subject_from_world_objects() -> None:
+    from engines.personalize.demo import demo_photos, eval_contexts, render_subject
+    from engines.personalize.metrics import drift, subject_probe, subject_scores, to_tensor
+    from engines.world import generator as g
+    from engines.world.models import load_judge
+    from engines.world.paths import judge_dir
+
+    judge = load_judge(judge_dir())
+    probe = subject_probe(judge)
+    photos = demo_photos()
+    ctxs = eval_contexts(4, avoid={(lab["position"], lab["background"]) for _, _, lab in photos})
+    assert not {(c["position"], c["background"]) for c in ctxs} & {(lab["position"], lab["background"])
+                                                                  for _, _, lab in photos}
+    real = to_tensor([render_subject(c["position"], c["background"], seed=5) for c in ctxs])  # [4, 3, 64, 64]
+    refs = to_tensor([render_subject(c["position"], c["background"]) for c in ctxs])
+    world = torch.from_numpy(np.stack([g.make_sample(seed=321, index=i).image for i in range(4)])).permute(0, 3, 1, 2)
+    world = world.float() / 255.0
+    good = subject_scores(judge, real, refs, ctxs, probe)
+    other = subject_scores(judge, world, refs, ctxs, probe)
+    assert good["subject_fidelity"] > 0.9 > 0.1 > other["subject_fidelity"]
+    assert good["prompt_fidelity"] >= 0.75  # the judge reads the asked context off real renders
+    assert drift(real, real) == 0.0 and drift(real, world) > 0.05
