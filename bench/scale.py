@@ -252,15 +252,18 @@ def run_load(root: Path, deployment: dict[str, str] | None, *, jobs: int, client
         for k in range(n_kills):
             if stop_faults.wait(period * rng.uniform(0.6, 1.4)):
                 return
-            i = rng.randrange(len(cluster.workers))
-            w = cluster.workers[i]
+            # a random busy worker (killing one that is still starting up proves little)
             try:
                 with db.session() as s:
-                    victims = list(s.scalars(select(Job.id).where(Job.status == "running",
-                                                                  Job.worker_id.like(f"%:{w.pid}:worker:%"))))
+                    running = list(s.execute(select(Job.id, Job.worker_id).where(Job.status == "running")))
             except Exception as e:  # noqa: BLE001 - the database may be restarting
-                fault_log.append(f"victims of {w.pid} unknown: {type(e).__name__}: {str(e)[:200]}")
-                victims = []
+                fault_log.append(f"running jobs unknown: {type(e).__name__}")
+                running = []
+            busy = [i for i, w in enumerate(cluster.workers)
+                    if any(f":{w.pid}:worker:" in (wid or "") for _, wid in running)]
+            i = rng.choice(busy) if busy else rng.randrange(len(cluster.workers))
+            w = cluster.workers[i]
+            victims = [jid for jid, wid in running if f":{w.pid}:worker:" in (wid or "")]
             t = _utcnow()
             w.kill()
             kills.append({"at": t, "pid": w.pid, "jobs": victims})
@@ -310,6 +313,7 @@ def run_load(root: Path, deployment: dict[str, str] | None, *, jobs: int, client
                 "requeue_p50_s": round(_pct(delays, 0.5), 2) if delays else None,
                 "requeue_p95_s": round(_pct(delays, 0.95), 2) if delays else None,
                 "requeue_max_s": round(max(delays), 2) if delays else None,
+                "requeue_s": sorted(round(d, 2) for d in delays),
                 "restarts": fault_log, "lease_s": LEASE_S}
     db.dispose()
     return out
@@ -373,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 rd.flush()
                 result["faults_postgres_redis"] = run_load(
                     root / "faults", dep, jobs=args.jobs, clients=args.clients, workers=args.workers, params=params,
-                    faults={"kills": args.kills, "period_s": max(1.0, args.jobs * args.steps * args.step_s
-                                                                 / args.workers / (args.kills + 2) * 1.2),
+                    faults={"kills": args.kills, "period_s": max(1.0, args.jobs * (args.steps * args.step_s + 0.25)
+                                                                 / args.workers / (args.kills + 2)),
                             "pg": pg, "redis": rd})
             if "sqlite" in parts:
                 result["load_sqlite_default"] = run_load(root / "sqlite", None, jobs=args.jobs, clients=args.clients,

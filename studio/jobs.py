@@ -163,7 +163,11 @@ class JobService:
             s.add(job)
         if enqueue and self.queue is not None:
             self._enqueue(job.id, priority)
-        return self.get(job.id)
+        try:
+            return self.get(job.id)
+        except Exception:  # noqa: BLE001 - stored already: a failed re-read must not make the client submit twice
+            log.warning("job %s stored; re-reading it failed", job.id, exc_info=True)
+            return JobDTO.of(job, [])
 
     def _resolve_input(self, field: str, value: str, kinds: list[str], origin: Origin, owner: str | None) -> str:
         """An input is an asset the job's owner may read (else: no such asset, whoever owns it)."""
