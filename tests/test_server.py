@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, StudioProcess, free_port, studio_env, wait_for
+from storage.db import head_revision
 
 
 def job(srv: StudioProcess, jid: str) -> dict:
@@ -150,7 +151,7 @@ def test_cli_run_writes_files_and_rejects_bad_params(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout.count("test-steps") == 3
     r = subprocess.run([sys.executable, "-m", "studio", "db", "upgrade"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 0 and "revision 0004" in r.stdout
+    assert r.returncode == 0 and f"revision {head_revision()}" in r.stdout
 
 
 def test_worker_exits_when_the_web_process_dies(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from storage.db import Database, current_revision
+from storage.db import Database, current_revision, head_revision
 from storage.files import AssetFileStore, sha256_file
 
 
@@ -21,11 +21,11 @@ def test_alembic_creates_schema_in_wal_mode(tmp_path: Path) -> None:
             "created_at", "started_at", "finished_at", "worker_id", "heartbeat_at", "retried_from"} <= cols
     assert {"sha256", "kind", "mime", "size", "width", "height", "frames", "job_id", "meta"} <= {
         c["name"] for c in insp.get_columns("assets")}
-    assert current_revision(db.engine) == "0004"
+    assert current_revision(db.engine) == head_revision()
     with db.engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     db.upgrade()  # idempotent
-    assert current_revision(db.engine) == "0004"
+    assert current_revision(db.engine) == head_revision()
 
 
 def test_file_store_is_content_addressed_and_atomic(tmp_path: Path) -> None:
