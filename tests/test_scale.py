@@ -392,3 +392,10 @@ def test_cli_db_upgrade_and_worker_engine_check(urls: dict[str, str], tmp_path: 
     r = subprocess.run([sys.executable, "-m", "studio", "worker", "--engines", "t2i,no-such", "--data-dir",
                         str(tmp_path / "d")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unknown engine(s) no-such" in r.stderr
+
+
+def test_the_default_stays_the_sqlite_files_in_the_data_dir(services: Any) -> None:
+    s = services.settings
+    assert s.db_url == f"sqlite:///{s.data_dir / 'studio.db'}" and not s.shared
+    assert services.db.path == s.data_dir / "studio.db" and (s.data_dir / "queue.db").exists()
+    assert s.assets_dir == s.data_dir / "assets" and services.queue.kind == "sqlite"
