@@ -54,6 +54,7 @@ def test_matched_density_gives_shira_the_lora_parameter_count(tiny_model: Path) 
         sum(4 * (m.in_features + m.out_features) for m in lins), rel=0.01)
 
 
+@pytest.mark.slow  # ~3 min on 2 cores (7 min measured on a loaded box): `make test` / CI run it, `make test-fast` skips it
 def test_bench_runs_end_to_end_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     """Each mode trains through the adapter-train engine, mixes through apply_adapters and is
     judged, over two seeds (FouRA here; LoRA and SHiRA run in the one-process test below); random tiny weights learn nothing, so retention may be null —
