@@ -506,6 +506,10 @@ class JobService:
                     cond.append(Job.lease_expires_at < now)
                 elif reason == "went silent":
                     cond.append(func.coalesce(Job.heartbeat_at, Job.started_at) < cutoff)
+                if j.cancel_requested:  # the user canceled it; the worker died before it saw the flag
+                    s.execute(update(Job).where(*cond).values(
+                        status="canceled", finished_at=now, lease_token=None, message="canceled"))
+                    continue  # canceled means canceled: never retried
                 n = s.execute(update(Job).where(*cond).values(
                     status="failed", error_type="interrupted", finished_at=now, lease_token=None,
                     error_message=f"worker {j.worker_id} {reason} while running this job",

@@ -96,7 +96,7 @@ def test_a_slow_build_does_not_block_other_models(mm: ModelManager, tmp_path: Pa
     assert started.wait(10)
     t0 = time.monotonic()
     got = mm.load(str(fast), "t2i", lambda s: Blob("x", 10), "cpu", "float32")  # a hit, while slow builds
-    assert got.name == "fast" and time.monotonic() - t0 < 2
+    assert got.name == "fast" and time.monotonic() - t0 < 8  # a blocked hit would wait for the 10 s release
     release.set()
     t.join(10)
 

@@ -40,7 +40,7 @@ def test_job_runs_through_the_worker_process(studio_server) -> None:  # noqa: AN
     assert body[:8] == b"\x89PNG\r\n\x1a\n"
     meta = httpx.get(f"{studio_server.url}{a['url']}/meta").json()
     assert meta["meta"]["prompt"] == "queue test" and meta["job_id"] == jid
-    assert httpx.get(f"{studio_server.url}/api/v1/jobs/{jid}/preview").status_code in (200, 404)
+    assert httpx.get(f"{studio_server.url}/api/v1/jobs/{jid}/preview").status_code == 404  # dropped when the job ended
 
 
 def test_cancel_running_job(studio_server) -> None:  # noqa: ANN001
@@ -50,7 +50,7 @@ def test_cancel_running_job(studio_server) -> None:  # noqa: ANN001
     assert httpx.post(f"{studio_server.url}/api/v1/jobs/{jid}/cancel").status_code == 200
     j = wait_status(studio_server, jid, {"canceled", "failed", "completed"}, 10)
     assert j["status"] == "canceled"
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 8.0  # stops within a step; the bound only catches a cancel that is ignored
 
 
 def test_gradio_client_submits_and_cancels(studio_server) -> None:  # noqa: ANN001
