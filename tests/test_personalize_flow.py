@@ -45,13 +45,13 @@ def test_photos_checked_trained_and_in_the_library(services, tiny_model) -> None
         ids.append(services.assets.upload(f, "coffee.jpg").id)
     ids.append(ids[0])  # the same photo dropped twice
     runner = build_runner(services)
-    photos = [{"image": i} for i in ids]
+    photos = [{"image": i, "name": f"photo{k}.png"} for k, i in enumerate(ids)]
     check = services.jobs.submit("personalize", {"model": str(tiny_model), "photos": photos, "check_only": True},
                                  origin="cli", enqueue=False)
     assert runner.execute(check.id) == "completed", services.jobs.get(check.id).error
     meta = services.jobs.get(check.id).result_meta
     assert [p["ok"] for p in meta["photos"]] == [True, True, True, True, False]
-    assert "duplicate of" in meta["photos"][4]["message"] and meta["enough"]
+    assert meta["photos"][4]["message"] == "duplicate of photo0.png" and meta["enough"]
     assert services.library.list() == []  # a check trains nothing
     job = services.jobs.submit("personalize", {"model": str(tiny_model), "photos": photos, "steps": 2, "hollow": 1,
                                                "subject_word": "zq", "class_word": "toy", "samples_every": 0,

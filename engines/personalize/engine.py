@@ -73,7 +73,7 @@ class PersonalizeEngine(Engine):
             except Exception as e:  # the asset vanished: a verdict, not a crash
                 sources.append((str(ph.image)[:40], f"cannot open: {e}"))
                 continue
-            sources.extend(iter_sources(Path(path)))
+            sources.extend((ph.name or n, data) for n, data in iter_sources(Path(path)))
         if p.photos_zip:
             sources.extend(iter_sources(Path(ctx.resolve_input(p.photos_zip))))
         return sources, {}

@@ -17,6 +17,7 @@ _CLASS = re.compile(r"^[A-Za-z][A-Za-z -]{0,39}$")
 
 class Photo(Params):
     image: str = input_field("one photo of your subject", kinds=("image",))
+    name: str = Field("", max_length=200, description="the photo's file name, for its verdict (default: the asset id)")
 
 
 class PersonalizeParams(Params):

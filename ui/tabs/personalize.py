@@ -33,7 +33,7 @@ def memory_note(hollow: int) -> str:
             "Pre-compute costs about one inference pass per step.")
 
 
-def _upload(services: Services, files: list[Any]) -> tuple[list[str], str | None, list[list[str]]]:
+def _upload(services: Services, files: list[Any]) -> tuple[list[tuple[str, str]], str | None, list[list[str]]]:
     """Store each dropped file as an asset; a rejected file gets its reason (nothing stored)."""
     ids, zip_id, rows = [], None, []
     for f in files or []:
@@ -48,7 +48,7 @@ def _upload(services: Services, files: list[Any]) -> tuple[list[str], str | None
         if a.kind == "archive":
             zip_id = a.id
         elif a.kind == "image":
-            ids.append(a.id)
+            ids.append((a.id, name))
         else:
             rows.append([name, f"skipped: a {a.kind}, not a photo"])
     return ids, zip_id, rows
@@ -113,7 +113,7 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
             if not ids and not zip_id:
                 raise gr.Error("drop 3 or more photos (or a .zip), or tick the demo subject"
                                + (f" — {'; '.join(r[0] + ': ' + r[1] for r in rows)}" if rows else ""))
-            src: dict[str, Any] = {"photos": [{"image": i} for i in ids]}
+            src: dict[str, Any] = {"photos": [{"image": i, "name": n} for i, n in ids]}
             if zip_id:
                 src["photos_zip"] = zip_id
             return src, rows
