@@ -292,15 +292,18 @@ def test_hollowed_run_transfers_to_the_full_unet_and_resumes_from_stored_tensors
 
 def test_plain_and_shira_and_prior_cache(tiny_model, photo_dir, tmp_path) -> None:  # noqa: ANN001
     cache = tmp_path / "cache"
+    ev1: list = []
     r = PersonalizeEngine().run(params(tiny_model, photo_dir, hollow=0, steps=2, prior_preservation="on",
-                                       class_images=4), ctx_for(tmp_path / "a", tmp_path / "s1",
-                                                                personalize_cache_dir=str(cache)))
+                                       class_images=4, samples_every=1), ctx_for(tmp_path / "a", tmp_path / "s1", None,
+                                                                                 ev1, personalize_cache_dir=str(cache)))
+    assert any(e.preview is not None and e.preview.is_file() for e in ev1)  # a sample preview while training
     assert r.meta["class_images"] == {"generated": 4, "reused": 0} and r.meta["precompute_mb"] == 0
     ev: list = []
     r2 = PersonalizeEngine().run(params(tiny_model, photo_dir, hollow=1, steps=2, prior_preservation="on",
-                                        class_images=4, method="shira", seed=3),
+                                        class_images=4, method="shira", seed=3, samples_every=1),
                                  ctx_for(tmp_path / "b", tmp_path / "s2", None, ev, personalize_cache_dir=str(cache)))
     assert r2.meta["class_images"] == {"generated": 0, "reused": 4}
+    assert any(e.preview is not None for e in ev)  # hollowed: previewed through a transient full pipeline
     assert r2.artifacts[0].path.name.endswith(".shira.safetensors") and r2.meta["format"] == "studio-shira-v1"
     from engines.adapters.shira import ShiraAdapter
 
