@@ -1,6 +1,7 @@
 """Generate tab: text-to-image with live preview, cancel, Clockwork, reproduce, model picker."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
@@ -298,17 +299,19 @@ def build_tab(services: Services, bridge: Any = None) -> None:
             return job.id, fmt_job_line(job)
 
         fill_outputs = [comps["prompt"], comps["negative_prompt"], comps["steps"], comps["guidance_scale"],
-                        comps["seed"], comps["scheduler"], model, native, width, height, load_msg]
+                        comps["seed"], comps["scheduler"], model, native, width, height, load_msg, comps["adapters"]]
 
         def fill(values: dict[str, Any], where: str) -> tuple[Any, ...]:
             def up(key: str) -> Any:
                 return gr.update(value=values[key]) if values.get(key) is not None else gr.update()
 
             sized = values.get("width") is not None and values.get("height") is not None
+            mix = values.get("adapters")
             return (up("prompt"), up("negative_prompt"), up("steps"), up("guidance_scale"), up("seed"),
                     up("scheduler"), up("model"), gr.update(value=False) if sized else gr.update(), up("width"),
                     up("height"), f"Loaded the parameters of {where}: " + ", ".join(
-                        k for k, v in values.items() if v is not None) + ".")
+                        k for k, v in values.items() if v) + ".",
+                    gr.update(value=json.dumps(mix)) if mix else gr.update())
 
         def from_png(file: Any) -> tuple[Any, ...]:
             if not file:
@@ -324,8 +327,17 @@ def build_tab(services: Services, bridge: Any = None) -> None:
         png_in.upload(from_png, inputs=png_in, outputs=fill_outputs)
         if bridge is not None:
             def from_asset(asset_id: str) -> tuple[Any, ...]:
+                """``asset_id``, or JSON {"asset": id, "adapters": [...]} from a tab that also hands
+                over an adapter mix (Personalize → Use in Generate)."""
                 if not asset_id:
                     return tuple(gr.update() for _ in fill_outputs)
+                extra = None
+                if asset_id.startswith("{"):
+                    try:
+                        d = json.loads(asset_id)
+                        asset_id, extra = str(d["asset"]), d.get("adapters")
+                    except (ValueError, KeyError, TypeError):
+                        raise gr.Error("cannot load these parameters") from None
                 try:
                     a = services.assets.get(asset_id)
                 except StudioError as e:
@@ -335,10 +347,15 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                     values = {k: p.get(k) for k in ("prompt", "negative_prompt", "steps", "guidance_scale",
                                                     "scheduler", "model", "width", "height")}
                     values["seed"] = a.meta.get("seed", p.get("seed"))
+                    values["adapters"] = [{k: u[k] for k in ("adapter", "weight") if k in u}
+                                          for u in p.get("adapters") or [] if isinstance(u, dict)] or None
                 else:
                     values = params_from_png(services.assets.path(a.id).read_bytes()[:32 << 20], services)
                 if not values:
                     raise gr.Error("this image carries no generation parameters")
+                if extra:
+                    values["adapters"] = [{"adapter": str(u["adapter"]), "weight": float(u.get("weight", 1.0))}
+                                          for u in extra if isinstance(u, dict) and "adapter" in u][:16]
                 return fill(values, f"gallery image {a.filename or a.id[:8]}")
 
             bridge.change(from_asset, inputs=bridge, outputs=fill_outputs)

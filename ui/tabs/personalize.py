@@ -3,6 +3,8 @@ slider with the expected memory → train with progress, loss curve and samples 
 in Generate (it is in the adapter library as soon as the job completes)."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +199,8 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
                 adapter = next((a for a in j.assets if a.kind == "adapter"), None)
                 if j.status != "completed" or grid is None or adapter is None:
                     raise gr.Error("the training job has not finished yet")
-                return (grid.id, gr.Tabs(selected="generate"),
-                        f"Prompt and model loaded in Generate; add **{adapter.meta.get('name')}** under Adapters → "
-                        "Add from library.")
+                return (json.dumps({"asset": grid.id, "adapters": [{"adapter": adapter.id, "weight": 1.0}]}),
+                        gr.Tabs(selected="generate"),
+                        f"Prompt, model and **{adapter.meta.get('name')}** loaded in Generate.")
 
             use.click(send, inputs=job_state, outputs=[bridge, tabs, status])
