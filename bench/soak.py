@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                "growth_ratio": round(rss["after_all"] / rss["after_first"], 3),
                f"p50_job_s_first_{block}": round(p50_first, 3), f"p50_job_s_last_{block}": round(p50_last, 3),
                "p50_ratio": round(p50_last / p50_first, 3),
+               "p50_job_s_by_block": [round(statistics.median(times[i:i + block]), 3) for i in range(0, total, block)],
                "previews_left": previews, "work_dirs_left": work_left, "setup_s": round(setup_s, 1),
                "goals": {"growth_ratio": 1.10, "p50_ratio": 1.05}}
         out["met"] = out["growth_ratio"] <= 1.10 and out["p50_ratio"] <= 1.05
