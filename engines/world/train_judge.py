@@ -55,7 +55,7 @@ def train_judge(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, ins
         if step % 20 == 0:
             log.row(step=step, loss=loss.item())
         if step % 200 == 0 or step == steps - 1:
-            say(f"judge step {step} loss {float(loss):.4f} ({time.time() - t0:.0f}s)")
+            say(f"judge step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
             ckpt.save(step + 1)
     model.eval()
     acc = judge_accuracy(model, n=n_eval, seed=12345)
