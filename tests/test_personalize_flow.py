@@ -69,6 +69,26 @@ def test_photos_checked_trained_and_in_the_library(services, tiny_model) -> None
                                        "adapters": [{"adapter": "my-toy", "weight": 1.0}]}, enqueue=False)
     assert runner.execute(gen.id) == "completed", services.jobs.get(gen.id).error
 
+    # "Use in Generate": what the Personalize tab hands over fills prompt, model and the adapter
+    import json
+
+    from ui.tabs.generate import values_from_bridge
+
+    adapter = next(a for a in services.jobs.get(job.id).assets if a.kind == "adapter")
+    values, _ = values_from_bridge(services, json.dumps({"asset": grid.id,
+                                                         "adapters": [{"adapter": adapter.id, "weight": 1.0}]}))
+    assert values["prompt"] == grid.meta["params"]["prompt"] and values["model"] == str(tiny_model)
+    assert values["adapters"] == [{"adapter": adapter.id, "weight": 1.0}]
+    mixed = services.jobs.submit("t2i", {k: v for k, v in values.items() if v is not None} | {"steps": 2},
+                                 enqueue=False)
+    assert runner.execute(mixed.id) == "completed", services.jobs.get(mixed.id).error
+    out = next(a for a in services.jobs.get(mixed.id).assets if a.kind == "image")
+    again, _ = values_from_bridge(services, out.id)  # a gallery image brings its adapter mix back
+    assert [u["adapter"] for u in again["adapters"]] == [adapter.id]
+    for bad in ('{"asset": 1', '{"adapters": []}', '{"asset": "x", "adapters": [{"adapter": "a", "weight": "w"}]}'):
+        with pytest.raises((ValueError, StudioError)):
+            values_from_bridge(services, bad)
+
 
 def test_personalize_tab_builds(services) -> None:  # noqa: ANN001
     from ui.app import build

@@ -130,6 +130,36 @@ def recent_images(services: Services, n: int = 16) -> list[tuple[str, str]]:
     return out
 
 
+def values_from_bridge(services: Services, raw: str) -> tuple[dict[str, Any], str]:
+    """Generate's fields from what another tab handed over: an image asset id, or JSON
+    {"asset": id, "adapters": [{"adapter": id, "weight": w}, …]} (Personalize → Use in Generate).
+    Returns (values, a description of the source); raises ValueError/StudioError with a reason."""
+    extra = None
+    if raw.startswith("{"):
+        try:
+            d = json.loads(raw)
+            raw, extra = str(d["asset"]), d.get("adapters")
+            extra = [{"adapter": str(u["adapter"]), "weight": float(u.get("weight", 1.0))}
+                     for u in (extra or []) if isinstance(u, dict) and "adapter" in u][:16]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError("cannot load these parameters") from None
+    a = services.assets.get(raw)
+    p = a.meta.get("params") if isinstance(a.meta.get("params"), dict) else None
+    if p:  # the Studio's own record: exact
+        values = {k: p.get(k) for k in ("prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "model",
+                                        "width", "height")}
+        values["seed"] = a.meta.get("seed", p.get("seed"))
+        values["adapters"] = [{k: u[k] for k in ("adapter", "weight") if k in u}
+                              for u in p.get("adapters") or [] if isinstance(u, dict)] or None
+    else:
+        values = params_from_png(services.assets.path(a.id).read_bytes()[:32 << 20], services)
+    if not values:
+        raise ValueError("this image carries no generation parameters")
+    if extra:
+        values["adapters"] = extra
+    return values, f"gallery image {a.filename or a.id[:8]}"
+
+
 def adapter_choices(services: Services) -> list[tuple[str, str]]:
     return [(f"{a.meta.get('name') or a.filename} ({a.meta.get('method', '?')})", a.id)
             for a in services.assets.list(kind="adapter", limit=200)]
@@ -326,37 +356,14 @@ def build_tab(services: Services, bridge: Any = None) -> None:
 
         png_in.upload(from_png, inputs=png_in, outputs=fill_outputs)
         if bridge is not None:
-            def from_asset(asset_id: str) -> tuple[Any, ...]:
-                """``asset_id``, or JSON {"asset": id, "adapters": [...]} from a tab that also hands
-                over an adapter mix (Personalize → Use in Generate)."""
-                if not asset_id:
+            def from_asset(raw: str) -> tuple[Any, ...]:
+                if not raw:
                     return tuple(gr.update() for _ in fill_outputs)
-                extra = None
-                if asset_id.startswith("{"):
-                    try:
-                        d = json.loads(asset_id)
-                        asset_id, extra = str(d["asset"]), d.get("adapters")
-                    except (ValueError, KeyError, TypeError):
-                        raise gr.Error("cannot load these parameters") from None
                 try:
-                    a = services.assets.get(asset_id)
-                except StudioError as e:
+                    values, where = values_from_bridge(services, raw)
+                except (StudioError, ValueError) as e:
                     raise gr.Error(str(e)) from None
-                p = a.meta.get("params") if isinstance(a.meta.get("params"), dict) else None
-                if p:  # the Studio's own record: exact
-                    values = {k: p.get(k) for k in ("prompt", "negative_prompt", "steps", "guidance_scale",
-                                                    "scheduler", "model", "width", "height")}
-                    values["seed"] = a.meta.get("seed", p.get("seed"))
-                    values["adapters"] = [{k: u[k] for k in ("adapter", "weight") if k in u}
-                                          for u in p.get("adapters") or [] if isinstance(u, dict)] or None
-                else:
-                    values = params_from_png(services.assets.path(a.id).read_bytes()[:32 << 20], services)
-                if not values:
-                    raise gr.Error("this image carries no generation parameters")
-                if extra:
-                    values["adapters"] = [{"adapter": str(u["adapter"]), "weight": float(u.get("weight", 1.0))}
-                                          for u in extra if isinstance(u, dict) and "adapter" in u][:16]
-                return fill(values, f"gallery image {a.filename or a.id[:8]}")
+                return fill(values, where)
 
             bridge.change(from_asset, inputs=bridge, outputs=fill_outputs)
 
