@@ -62,9 +62,9 @@ class StudioProcess:
         data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "studio", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-                 str(data_dir), *(extra_args or [])],
-                cwd=data_dir.parent, env=studio_env(env), stdout=out, stderr=subprocess.STDOUT)
+                [*self.program(), "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
+                 *(extra_args or [])],
+                cwd=self.cwd(), env=studio_env(env), stdout=out, stderr=subprocess.STDOUT)
         from studio.server import wait_http
 
         try:
@@ -72,6 +72,13 @@ class StudioProcess:
         except TimeoutError:
             self.stop()
             raise AssertionError(f"Studio did not start:\n{self.log.read_text()[-3000:]}") from None
+
+    def program(self) -> list[str]:
+        """The command line that starts the Studio (subclasses: ``launch.py`` from a checkout)."""
+        return [sys.executable, "-m", "studio", "serve"]
+
+    def cwd(self) -> Path:
+        return self.data_dir.parent  # outside the source tree: the installed package is what runs
 
     def worker_ready(self, timeout: float = 60.0) -> None:
         log = self.data_dir / "logs" / "worker.log"

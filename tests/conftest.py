@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from bench.harness import StudioProcess as HarnessProcess
 from bench.harness import TEST_ENGINES, free_port, studio_env, wait_for  # noqa: F401 - one copy, shared with benches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,41 +56,18 @@ def services(settings) -> Iterator[Any]:  # noqa: ANN001
     svc.close()
 
 
-class StudioProcess:
-    """``launch.py`` as a user runs it; stopped with SIGINT like Ctrl-C."""
+class StudioProcess(HarnessProcess):
+    """``launch.py`` from this checkout, as a user runs it, with short heartbeats so crash
+    recovery is quick to test; stopped with SIGINT like Ctrl-C."""
 
     def __init__(self, data_dir: Path, port: int, extra_args: list[str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = data_dir.parent / f"launch-{port}.log"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "launch.py", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
-             *(extra_args or [])],
-            cwd=ROOT, env=studio_env({"STUDIO_STALE_AFTER_S": "5", "STUDIO_HEARTBEAT_S": "0.5"}),
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        from studio.server import wait_http
+        super().__init__(data_dir, port, extra_args, env={"STUDIO_STALE_AFTER_S": "5", "STUDIO_HEARTBEAT_S": "0.5"})
 
-        try:
-            wait_http(self.url + "/healthz", timeout=120)
-        except TimeoutError:
-            self.stop()
-            raise AssertionError(f"Studio did not start:\n{self.log.read_text()[-3000:]}") from None
+    def program(self) -> list[str]:
+        return [sys.executable, str(ROOT / "launch.py")]
 
-    def worker_ready(self, timeout: float = 60.0) -> None:
-        log = self.data_dir / "logs" / "worker.log"
-        wait_for(lambda: log.exists() and "worker ready" in log.read_text(), timeout, 0.2, "worker ready")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def cwd(self) -> Path:
+        return ROOT
 
 
 @pytest.fixture(scope="module")

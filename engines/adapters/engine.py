@@ -8,6 +8,7 @@ from typing import Any
 
 from engines.adapters.params import AdapterTrainParams, FouraTrainParams, LoraTrainParams, ShiraTrainParams
 from engines.base import Artifact, Engine, EngineContext, EngineResult
+from engines.plots import loss_plot
 
 MethodParams = LoraTrainParams | ShiraTrainParams | FouraTrainParams
 EXT = {"lora": ".safetensors", "shira": ".shira.safetensors", "foura": ".foura.safetensors"}
@@ -81,7 +82,7 @@ class AdapterTrainEngine(Engine):
                 "preserve": p.preserve}
         out = ctx.work_dir / (_safe(name) + EXT[p.method])
         info = trainer.export(out, meta)
-        curve = _loss_plot(losses, ctx.work_dir / f"{_safe(name)}-loss.png")
+        curve = loss_plot(losses, ctx.work_dir / f"{_safe(name)}-loss.png")
         sample = _sample(pipe, sample_prompt, p.seed, ctx.work_dir / f"{_safe(name)}-sample.png")
         arts = [Artifact(out, "adapter", "application/octet-stream", meta | info | {"final_loss": losses[-1]}),
                 Artifact(curve, "image", "image/png", {"title": f"{name} loss curve", "adapter": name}),
@@ -107,35 +108,6 @@ def _sample(pipe: Any, prompt: str, seed: int, dest: Any) -> Any:
         img = pipe(prompt, num_inference_steps=20, generator=torch.Generator().manual_seed(seed),
                    output_type="pil").images[0]
     img.save(dest)
-    return dest
-
-
-def _loss_plot(losses: list[float], dest: Any) -> Any:
-    """A loss curve people can read in a small preview: large type, a smoothed line over the
-    noisy per-step loss, log scale (diffusion losses span decades), the final value in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    steps = list(range(1, len(losses) + 1))
-    ax.plot(steps, losses, lw=0.8, alpha=0.35, color="#888", label="loss per step")
-    k = max(1, len(losses) // 20)
-    sm = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
-    ax.plot(steps, sm, lw=2.5, color="#f97316", label=f"mean of {k} steps")
-    if losses and min(losses) > 0:
-        ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_xlabel("step", fontsize=13)
-    ax.set_ylabel("noise MSE", fontsize=13)
-    ax.tick_params(labelsize=11)
-    if sm:
-        ax.set_title(f"training loss — last {k}-step mean {sm[-1]:.4f}", fontsize=14)
-    ax.legend(fontsize=11)
-    fig.tight_layout()
-    fig.savefig(dest)
-    plt.close(fig)
     return dest
 
 

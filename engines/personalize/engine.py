@@ -97,7 +97,8 @@ class PersonalizeEngine(Engine):
         import torch
 
         from engines.personalize.hollow import Store, boundary, check_supported, hollow_out, kept_fraction
-        from engines.personalize.train import (Data, PersonalTrainer, loss_plot, make_batch, peak_mb,
+        from engines.plots import loss_plot
+        from engines.personalize.train import (Data, PersonalTrainer, make_batch, peak_mb,
                                                release_memory)
         from engines.pipelines import load_pipeline
 
