@@ -548,3 +548,29 @@ def test_share_tunnel_offline_says_what_to_do(tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "--share needs gradio's tunnel client" in r.stderr and str(share_client_path()) in r.stderr
     assert "--public-url" in r.stderr
+
+
+def test_every_engine_input_refuses_server_paths_from_the_web(services, tmp_path) -> None:  # noqa: ANN001
+    """Every file input of every engine (video-edit's clip, personalize's photos, …), given a
+    server path by a web client, is refused naming the field, and nothing is ingested."""
+    from sqlalchemy import func, select
+
+    from engines import registry
+    from storage.models import Asset
+    from studio.errors import InvalidParams
+    from studio.jobs import input_fields
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    checked = 0
+    for engine in registry.names():
+        for name, (key, kinds) in input_fields(engine).items():
+            field = f"{name}.0.{key}" if key else name
+            for path in ("/etc/passwd", str(secret), "../../etc/passwd"):
+                with pytest.raises(InvalidParams) as e:
+                    services.jobs._resolve_input(field, path, kinds, "api", None)
+                assert e.value.errors[0]["field"] == field
+                checked += 1
+    assert {"video-edit", "personalize", "t2i", "adapter-train"} <= set(registry.names()) and checked >= 15
+    with services.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Asset)) == 0
