@@ -14,10 +14,13 @@ Also home of the measurements training uses as gates (``judge_accuracy``, ``reco
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +29,27 @@ import torch
 from engines.world import generator as g
 from engines.world import models as M
 from engines.world.data import to_tensor
+from engines.world.objjudge import Detection, load_objjudge, read_scenes
 from engines.world.paths import default_model_dir, judge_dir
 
 SCORED = ("shape", "color", "background", "position", "style")
 DEFAULT_GUIDANCE = 4.0
 
 
-def prompt_set(n_seen: int = 32, n_unseen: int = 16, seed: int = 777) -> list[tuple[str, dict[str, str], bool]]:
-    """Fixed (prompt, labels, unseen) triples. Seen scenes come from the training split, unseen
-    ones use only held-out (shape, colour) pairs; all attribute values otherwise vary."""
+def single_scenes(n_seen: int = 32, n_unseen: int = 16, seed: int = 777) -> list[tuple[g.Scene, bool]]:
+    """The fixed single-object scenes behind ``prompt_set`` (scene, unseen)."""
     out = []
     for split, n, unseen in (("train", n_seen, False), ("heldout", n_unseen, True)):
         rng = np.random.default_rng([seed, int(unseen)])
         for _ in range(n):
-            sc = g.sample_scene(rng, split, 0.0)
-            out.append((g.canonical_caption(sc), sc.labels(), unseen))
+            out.append((g.sample_scene(rng, split, 0.0), unseen))
     return out
+
+
+def prompt_set(n_seen: int = 32, n_unseen: int = 16, seed: int = 777) -> list[tuple[str, dict[str, str], bool]]:
+    """Fixed (prompt, labels, unseen) triples. Seen scenes come from the training split, unseen
+    ones use only held-out (shape, colour) pairs; all attribute values otherwise vary."""
+    return [(g.canonical_caption(sc), sc.labels(), unseen) for sc, unseen in single_scenes(n_seen, n_unseen, seed)]
 
 
 def _score(preds: dict[str, list[str]], labels: list[dict[str, str]], mask: list[bool]) -> dict[str, float]:
@@ -57,12 +65,14 @@ def _score(preds: dict[str, list[str]], labels: list[dict[str, str]], mask: list
     return res
 
 
-def _images(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int) -> torch.Tensor:  # noqa: ANN001
-    """(N, 3, 64, 64) in [0, 1]. One generator per prompt index keeps results batch-independent."""
+def _images(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int,  # noqa: ANN001
+            offset: int = 0) -> torch.Tensor:
+    """(N, 3, 64, 64) in [0, 1]. One generator per prompt index keeps results batch-independent;
+    ``offset`` gives another prompt set its own noise (the same offset = the same noise)."""
     outs = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
-        gens = [torch.Generator().manual_seed(seed * 100003 + i + k) for k in range(len(chunk))]
+        gens = [torch.Generator().manual_seed(seed * 100003 + offset + i + k) for k in range(len(chunk))]
         im = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
                   output_type="np", height=g.SIZE, width=g.SIZE).images  # (B, 64, 64, 3) float
         outs.append(torch.from_numpy(np.asarray(im)).permute(0, 3, 1, 2).float())
@@ -86,16 +96,21 @@ def evaluate_pipeline(pipe, judge, n_per_prompt: int = 1, steps: int = 20, guida
     res["unseen"] = _score(preds, labels, unseen)
     res["seen"] = _score(preds, labels, [not u for u in unseen])
     if time_images:
-        _images(pipe, texts[:1], steps, guidance, seed, 1)  # warm-up
-        t = time.time()
-        _images(pipe, texts[:time_images], steps, guidance, seed, 1)
-        res["seconds_per_image"] = round((time.time() - t) / time_images, 3)
+        res["seconds_per_image"] = seconds_per_image(pipe, texts, steps, guidance, seed, time_images)
     res["seconds_per_image_batched"] = round(batched_s, 3)
     res.update(steps=steps, guidance=guidance, n_per_prompt=n_per_prompt, prompts=len(ps), seed=seed,
                resolution=g.SIZE, scored_object="primary (single-object prompts)")
     if save_grid is not None:
         _grid(x, save_grid)
     return res
+
+
+def seconds_per_image(pipe, texts: list[str], steps: int, guidance: float, seed: int, n: int = 3) -> float:  # noqa: ANN001
+    """Batch 1, CFG on, after one warm-up image."""
+    _images(pipe, texts[:1], steps, guidance, seed, 1)  # warm-up
+    t = time.time()
+    _images(pipe, texts[:n], steps, guidance, seed, 1)
+    return round((time.time() - t) / n, 3)
 
 
 def _grid(x: torch.Tensor, path: Path, cols: int = 8) -> None:
@@ -106,6 +121,247 @@ def _grid(x: torch.Tensor, path: Path, cols: int = 8) -> None:
     rows = [np.concatenate(list(a[r:r + cols]), 1) for r in range(0, n, cols)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, 0)).resize((cols * 128, len(rows) * 128), Image.NEAREST).save(path)
+
+
+# ---------------------------------------------------------------- compositional WorldEval
+
+@dataclass(frozen=True)
+class Case:
+    """One compositional prompt: ``named`` holds, per named object, the attributes scored for it."""
+
+    category: str  # "pair" | "pair_full" | "relation"
+    prompt: str
+    paraphrase: str  # the same request in wording the training templates never produce
+    named: tuple[dict[str, str], ...]
+    background: str
+    relation: str | None = None
+
+
+# category -> noise offset for _images (template and paraphrase share it: paired comparison)
+_OFFSETS = {"single": 0, "pair": 10_000, "pair_full": 20_000, "relation": 30_000}
+
+
+def _two_objects(rng: np.random.Generator) -> g.Scene:
+    """A training-split two-object scene whose objects differ in shape and in colour (so a
+    swapped binding is visible)."""
+    while True:
+        sc = g.sample_scene(rng, "train", 1.0)
+        a, b = sc.objects
+        if a.shape != b.shape and a.color != b.color:
+            return sc
+
+
+def _fitting(make, fits, tries: int = 50) -> str:  # noqa: ANN001
+    """Redraw a paraphrase (``make()`` draws from a seeded rng) until ``fits`` it, so the
+    paraphrase gap measures wording, not truncation; the last draw if none fits."""
+    p = make()
+    for _ in range(tries):
+        if fits is None or fits(p):
+            break
+        p = make()
+    return p
+
+
+def compositional_set(n_pair: int = 48, n_full: int = 32, n_rel: int = 48, seed: int = 778,
+                      fits=None) -> list[Case]:  # noqa: ANN001
+    """The fixed GenEval-style prompt set.
+
+    - ``pair``: "a red square and a blue circle on a white background" — two_object (both shapes
+      present) and attribute_binding (each shape with its own colour);
+    - ``pair_full``: also size and style named ("a small red striped square and ...") —
+      attribute_binding_full (shape, colour, size, style of both);
+    - ``relation``: "a red square to the left of a blue circle ..." (left of / right of / above /
+      below in turn) — relative_position (both found, relation holds between their cells).
+
+    ``fits(text) -> bool`` (e.g. "at most the tokenizer's length"): paraphrases are redrawn
+    until they fit (words the tokenizer lacks are spelled in byte pieces, ~1 token a letter)."""
+    cases = []
+    sc_keys, full_keys = ("shape", "color"), ("shape", "color", "size", "style")
+    for cat, n in (("pair", n_pair), ("pair_full", n_full), ("relation", n_rel)):
+        for i in range(n):
+            rng = np.random.default_rng([seed, ("pair", "pair_full", "relation").index(cat), i])
+            sc = _two_objects(rng)
+            prng = np.random.default_rng([seed, 99, ("pair", "pair_full", "relation").index(cat), i])
+            a, b = sc.objects
+            if cat == "pair":
+                cases.append(Case(cat, g.pair_caption(sc, size=False, style=False),
+                                  _fitting(lambda: g.paraphrase_caption(sc, prng, size=False, style=False,
+                                                                        position=False), fits),
+                                  tuple({k: o.labels()[k] for k in sc_keys} for o in (a, b)), sc.background))
+            elif cat == "pair_full":
+                cases.append(Case(cat, g.pair_caption(sc),
+                                  _fitting(lambda: g.paraphrase_caption(sc, prng, position=False), fits),
+                                  tuple({k: o.labels()[k] for k in full_keys} for o in (a, b)), sc.background))
+            else:
+                rel = list(g.RELATIONS)[i % len(g.RELATIONS)]
+                cases.append(Case(cat, g.relation_caption(a, rel, b, sc.background),
+                                  _fitting(lambda: g.paraphrase_relation(a, rel, b, sc.background, prng), fits),
+                                  tuple({k: o.labels()[k] for k in sc_keys} for o in (a, b)), sc.background, rel))
+    return cases
+
+
+def _matches(det: Detection, want: dict[str, str]) -> bool:
+    return all(det.get(k) == v for k, v in want.items())
+
+
+def pair_found(dets: list[Detection], a: dict[str, str], b: dict[str, str], relation: str | None = None) -> bool:
+    """Is there a pair of *distinct* detected objects, one matching ``a`` and one ``b`` (and, if
+    given, "a <relation> b" between their cells)? Detections are cells, so an object a few
+    pixels off its cell centre still counts; extra objects are not penalised (as GenEval)."""
+    for i, j in itertools.permutations(range(len(dets)), 2):
+        if _matches(dets[i], a) and _matches(dets[j], b) and (
+                relation is None or g.relation_holds(relation, dets[i].position, dets[j].position)):
+            return True
+    return False
+
+
+def score_case(case: Case, dets: list[Detection]) -> dict[str, bool]:
+    """Per-image successes of one compositional case (keys depend on the category)."""
+    a, b = case.named
+    if case.category == "pair":
+        sh = ({"shape": a["shape"]}, {"shape": b["shape"]})
+        return {"two_object": pair_found(dets, *sh), "attribute_binding": pair_found(dets, a, b),
+                "colour_swapped": pair_found(dets, {**sh[0], "color": b["color"]}, {**sh[1], "color": a["color"]})}
+    if case.category == "pair_full":
+        out = {"attribute_binding_full": pair_found(dets, a, b)}
+        for k in ("color", "size", "style"):
+            out[f"binding_{k}"] = pair_found(dets, {"shape": a["shape"], k: a[k]}, {"shape": b["shape"], k: b[k]})
+        return out
+    both = pair_found(dets, a, b)
+    return {"relative_position": both and pair_found(dets, a, b, case.relation), "relation_objects_found": both}
+
+
+def _ci(per_prompt: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean over prompts. per_prompt: (P,) or (P, 2)
+    for a paired difference (column 0 minus column 1)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_prompt), (n_boot, len(per_prompt)))  # (n_boot, P)
+    v = per_prompt[idx]
+    m = v.mean(1) if v.ndim == 2 else (v[..., 0] - v[..., 1]).mean(1)
+    return [round(float(np.percentile(m, 2.5)), 4), round(float(np.percentile(m, 97.5)), 4)]
+
+
+def _per_prompt(success: list[bool], n_per_prompt: int) -> np.ndarray:
+    """(P,) mean success per prompt from per-image successes ordered prompt-major."""
+    return np.asarray(success, np.float64).reshape(-1, n_per_prompt).mean(1)
+
+
+def unknown_words(tok, prompts: list[str]) -> dict:  # noqa: ANN001
+    """Words the tokenizer has no whole-word token for (they are spelled in byte pieces, which
+    the text encoder never saw in training; e.g. "colored" even contains the piece "red") and
+    prompts longer than ``model_max_length`` (truncated). Reported, never fatal."""
+    vocab = tok.get_vocab()
+    counts: dict[str, int] = {}
+    n_with = n_trunc = 0
+    for p in prompts:
+        words = re.findall(r"[a-z]+", p.lower())
+        unk = [w for w in words if w + "</w>" not in vocab]
+        for w in unk:
+            counts[w] = counts.get(w, 0) + 1
+        n_with += bool(unk)
+        n_trunc += len(tok(p).input_ids) > tok.model_max_length
+    return {"unknown_words": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "prompts_with_unknown_words": n_with, "truncated_prompts": n_trunc, "prompts": len(prompts)}
+
+
+_HEADLINE = ("all_correct", "two_object_acc", "attribute_binding_acc", "attribute_binding_full_acc",
+             "relative_position_acc")
+
+
+def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_per_prompt: int,  # noqa: ANN001
+                         steps: int, guidance: float, seed: int, batch: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Generate and score every category in one wording ("template" or "paraphrase"). Returns the
+    metrics and, per headline key, the per-prompt success rates (for intervals and paired gaps)."""
+    res: dict = {}
+    per: dict[str, np.ndarray] = {}
+    texts = [(p if wording == "template" else para) for p, para, _, _ in singles]
+    labels = [lab for _, _, lab, _ in singles]
+    rep = [t for t in texts for _ in range(n_per_prompt)]
+    lab_rep = [lab for lab in labels for _ in range(n_per_prompt)]
+    x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS["single"])
+    preds = M.judge_predict(judge, x)
+    res.update(_score(preds, lab_rep, [True] * len(rep)))
+    unseen = [u for _, _, _, u in singles for _ in range(n_per_prompt)]
+    res["unseen"] = _score(preds, lab_rep, unseen)
+    res["seen"] = _score(preds, lab_rep, [not u for u in unseen])
+    ok = [all(preds[a][i] == lab_rep[i][a] for a in SCORED) for i in range(len(rep))]
+    per["all_correct"] = _per_prompt(ok, n_per_prompt)
+    # the per-object judge's reading of the same single-object images (a cross-check of the two judges)
+    reads = read_scenes(objjudge, x)
+    oj = [bg == lab["background"] and any(_matches(d, {k: lab[k] for k in ("shape", "color", "size", "style",
+                                                                               "position")}) for d in dets)
+          for (bg, dets), lab in zip(reads, lab_rep)]
+    res["single_objjudge_all_correct"] = round(float(np.mean(oj)), 4)
+    res["single_judges_agree"] = round(float(np.mean([
+        a == (b and lab_rep[i]["size"] == preds["size"][i]) for i, (a, b) in enumerate(zip(oj, ok))])), 4)
+    detail: dict[str, dict] = {}
+    for cat in ("pair", "pair_full", "relation"):
+        cs = [c for c in cases if c.category == cat]
+        if not cs:
+            continue
+        rep = [(c.prompt if wording == "template" else c.paraphrase) for c in cs for _ in range(n_per_prompt)]
+        x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS[cat])
+        reads = read_scenes(objjudge, x)
+        scores = [score_case(c, dets) for c, (_, dets) in zip([c for c in cs for _ in range(n_per_prompt)], reads)]
+        d = {k: round(float(np.mean([s[k] for s in scores])), 4) for k in scores[0]}
+        d["mean_objects_detected"] = round(float(np.mean([len(dets) for _, dets in reads])), 3)
+        d["background_acc"] = round(float(np.mean([bg == c.background for c, (bg, _) in
+                                                   zip([c for c in cs for _ in range(n_per_prompt)], reads)])), 4)
+        d["n"] = len(rep)
+        if cat == "relation":
+            rel_rep = [c.relation for c in cs for _ in range(n_per_prompt)]
+            d["by_relation"] = {r: round(float(np.mean([s["relative_position"] for s, rr in zip(scores, rel_rep)
+                                                        if rr == r])), 4) for r in g.RELATIONS}
+        detail[cat] = d
+        for k in scores[0]:
+            key = f"{k}_acc"
+            if key in _HEADLINE:
+                res[key] = d[k]
+                per[key] = _per_prompt([s[k] for s in scores], n_per_prompt)
+    res["categories"] = detail
+    for k in _HEADLINE:
+        if k in per:
+            res[k.replace("_acc", "") + "_ci" if k != "all_correct" else "all_correct_ci"] = _ci(per[k])
+    return res, per
+
+
+def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: int = 20,  # noqa: ANN001
+                           guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 16,
+                           paraphrase: bool = True, singles_n: tuple[int, int] = (32, 16),
+                           comp_n: tuple[int, int, int] = (48, 32, 48)) -> dict:
+    """The compositional WorldEval: single objects (the primary judge, as ``evaluate_pipeline``),
+    two objects, attribute binding and relative position (the per-object judge), each with a
+    95 % bootstrap interval over prompts; with ``paraphrase`` the same scenes again in other
+    words (same noise per image, so ``gap`` = template − paraphrase is a paired difference)."""
+    pipe.set_progress_bar_config(disable=True)
+    tok = pipe.tokenizer
+
+    def fits(text: str) -> bool:
+        return len(tok(text).input_ids) <= tok.model_max_length
+
+    singles = []
+    for i, (sc, u) in enumerate(single_scenes(*singles_n)):
+        prng = np.random.default_rng([777, 99, i])
+        singles.append((g.canonical_caption(sc), _fitting(lambda: g.paraphrase_caption(sc, prng), fits), sc.labels(), u))
+    cases = compositional_set(*comp_n, fits=fits)
+    res, per = _compositional_block(pipe, judge, objjudge, singles, cases, "template", n_per_prompt, steps,
+                                    guidance, seed, batch)
+    res["tokenizer"] = unknown_words(pipe.tokenizer, [s[0] for s in singles] + [c.prompt for c in cases])
+    if paraphrase:
+        para, per_p = _compositional_block(pipe, judge, objjudge, singles, cases, "paraphrase", n_per_prompt,
+                                           steps, guidance, seed, batch)
+        para["tokenizer"] = unknown_words(pipe.tokenizer, [s[1] for s in singles] + [c.paraphrase for c in cases])
+        para["gap"] = {k: round(res[k] - para[k], 4) for k in _HEADLINE if k in per}
+        para["gap_ci"] = {k: _ci(np.stack([per[k], per_p[k]], 1)) for k in _HEADLINE if k in per}
+        para["examples"] = [singles[0][1]] + [next(c.paraphrase for c in cases if c.category == cat)
+                                              for cat in ("pair", "pair_full", "relation") if comp_n]
+        res["paraphrase"] = para
+    res["examples"] = [singles[0][0]] + [next(c.prompt for c in cases if c.category == cat)
+                                         for cat in ("pair", "pair_full", "relation") if comp_n]
+    res.update(steps=steps, guidance=guidance, n_per_prompt=n_per_prompt, seed=seed, resolution=g.SIZE,
+               prompts={"single": len(singles), **{c: sum(x.category == c for x in cases)
+                                                   for c in ("pair", "pair_full", "relation")}})
+    return res
 
 
 def quick_eval(pipe, judge_path: Path | None = None, prompts=None) -> dict:  # noqa: ANN001
@@ -167,13 +423,25 @@ def load_pipeline(model_dir: Path | None = None, device: str = "cpu"):  # noqa: 
 
 
 def run_eval(model_dir: Path | None = None, n_per_prompt: int = 2, steps: int = 20,
-             guidance: float = DEFAULT_GUIDANCE, seed: int = 0, device: str = "cpu") -> dict:
+             guidance: float = DEFAULT_GUIDANCE, seed: int = 0, device: str = "cpu", compositional: bool = True,
+             paraphrase: bool = True, singles_n: tuple[int, int] = (32, 16),
+             comp_n: tuple[int, int, int] = (48, 32, 48)) -> dict:
     """WorldEval on a StableDiffusionPipeline dir (default: the shipped embedded model).
-    48 prompts (16 unseen combinations) × ``n_per_prompt`` images at 64×64."""
+    48 single-object prompts (16 unseen combinations) × ``n_per_prompt`` images at 64×64; with
+    ``compositional`` also the two-object / binding / relation prompts (``compositional_set``)
+    and, with ``paraphrase``, all of them again in other words."""
     t = time.time()
     pipe = load_pipeline(model_dir, device)
     judge = M.load_judge(judge_dir(), device)
-    res = evaluate_pipeline(pipe, judge, n_per_prompt, steps, guidance, seed)
+    if compositional:
+        objjudge = load_objjudge(judge_dir(), device)
+        res = evaluate_compositional(pipe, judge, objjudge, n_per_prompt, steps, guidance, seed,
+                                     paraphrase=paraphrase, singles_n=singles_n, comp_n=comp_n)
+        res["seconds_per_image"] = seconds_per_image(pipe, [res["examples"][0]], steps, guidance, seed)
+        res["scored_object"] = "single: primary-object judge; compositional: per-object judge (objjudge)"
+    else:
+        res = evaluate_pipeline(pipe, judge, n_per_prompt, steps, guidance, seed,
+                                prompts=prompt_set(*singles_n))
     res["model_dir"] = str(model_dir or default_model_dir())
     res["wall_seconds"] = round(time.time() - t, 1)
     return res
@@ -203,10 +471,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recon", action="store_true", help="also run the VAE reconstruction gate")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is fastest for this tiny model at batch 1: ~0.5 s/image)")
+    ap.add_argument("--single-only", action="store_true",
+                    help="only the 48 single-object prompts (the pre-compositional eval, ~1 min)")
+    ap.add_argument("--no-paraphrase", action="store_true", help="skip the paraphrased prompt set")
+    ap.add_argument("--prompts", type=int, nargs=5, default=(32, 16, 48, 32, 48),
+                    metavar=("SEEN", "UNSEEN", "PAIR", "PAIR_FULL", "RELATION"),
+                    help="prompt counts per set (default 32 16 48 32 48)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run_eval(args.model, args.n_per_prompt, args.steps, args.guidance, args.seed, args.device)
+    res = run_eval(args.model, args.n_per_prompt, args.steps, args.guidance, args.seed, args.device,
+                   compositional=not args.single_only, paraphrase=not args.no_paraphrase,
+                   singles_n=tuple(args.prompts[:2]), comp_n=tuple(args.prompts[2:]))
     if args.recon:
         res["recon"] = recon_eval(args.model / "vae" if args.model else None)
     print(json.dumps(res))

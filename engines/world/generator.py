@@ -449,3 +449,142 @@ def world_words() -> list[str]:
     )
     words = sorted(set(text.replace(",", " ").replace(".", " ").replace(":", " ").replace("-", " ").split()))
     return words
+
+
+# ---------------------------------------------------------------- compositional scenes and wording
+# Added for the compositional WorldEval and the per-object judge. Nothing above depends on it, so
+# existing captions, scenes and training caches are unchanged.
+
+CELLS: list[str] = list(POSITIONS)  # cell index k <-> position name (row-major 3×3)
+# Relation -> (d col, d row) sign that "A <relation> B" requires of A's cell minus B's cell.
+RELATIONS: dict[str, tuple[int, int]] = {"left of": (-1, 0), "right of": (1, 0), "above": (0, -1),
+                                         "below": (0, 1)}
+
+
+def relation_holds(relation: str, pos_a: str, pos_b: str) -> bool:
+    """Does "A <relation> B" hold for objects in cells ``pos_a``/``pos_b``? Only the relation's
+    axis is checked (GenEval's rule: a red square up-left of a circle is still left of it)."""
+    (ca, ra), (cb, rb) = POSITIONS[pos_a], POSITIONS[pos_b]
+    dc, dr = RELATIONS[relation]
+    return (ca - cb) * dc > 0 if dc else (ra - rb) * dr > 0
+
+
+def _overlap_ok(o: Obj, others: list[Obj], slack: float) -> bool:
+    """Objects may touch by at most ``slack`` px (bounding discs of the jittered, scaled shapes)."""
+    def centre(x: Obj) -> tuple[float, float]:
+        c, r = POSITIONS[x.position]
+        return CELL[c] + x.jitter[0], CELL[r] + x.jitter[1]
+
+    cx, cy = centre(o)
+    for p in others:
+        px, py = centre(p)
+        need = 0.5 * (SIZES[o.size] * o.scale + SIZES[p.size] * p.scale) - slack
+        if math.hypot(cx - px, cy - py) < need:
+            return False
+    return True
+
+
+def sample_multi_scene(rng: np.random.Generator, n_objects: int | None = None, split: str = "all",
+                       jitter: float = 4.0, slack: float = 4.0, max_objects: int = 3) -> Scene:
+    """1–``max_objects`` objects in distinct cells, any sizes, jitter up to ±``jitter`` px (wider
+    than the training world's ±2, so a judge trained on it tolerates a generator's misplacement)
+    and at most ``slack`` px of overlap. Objects that cannot be placed are dropped (≥ 1 always
+    stays). For the per-object judge; the cell of each object is its ``position``."""
+    bg = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    n = int(n_objects or rng.integers(1, max_objects + 1))
+    cells = [CELLS[i] for i in rng.permutation(len(CELLS))[:n]]
+    objs: list[Obj] = []
+    for cell in cells:
+        for _ in range(20):
+            o = _obj(rng, split, list(SIZES), position=cell)
+            o = replace(o, jitter=(float(rng.uniform(-jitter, jitter)), float(rng.uniform(-jitter, jitter))))
+            if _overlap_ok(o, objs, slack):
+                objs.append(o)
+                break
+    return Scene(bg, tuple(objs))
+
+
+def cell_labels(scene: Scene) -> list[dict[str, str] | None]:
+    """Per cell (``CELLS`` order): the labels of the object in it, or None."""
+    out: list[dict[str, str] | None] = [None] * len(CELLS)
+    for o in scene.objects:
+        out[CELLS.index(o.position)] = o.labels()
+    return out
+
+
+def _noun(o: Obj, size: bool = True, style: bool = True) -> str:
+    """"a small red striped star" (template word order, as the training captions say it)."""
+    core = " ".join(w for w in ((o.size if size else ""), o.color, (o.style if style else ""), o.shape) if w)
+    return f"{'an' if core[0] in 'aeiou' else 'a'} {core}"
+
+
+def pair_caption(scene: Scene, positions: bool = False, size: bool = True, style: bool = True) -> str:
+    """Two objects in the training templates' wording: "a small red striped star and a medium blue
+    solid circle on a white background" (positions only if asked)."""
+    parts = [_noun(o, size, style) + (f" {_POS_WORDS[o.position][0]}" if positions else "") for o in scene.objects]
+    return " and ".join(parts) + f" on a {scene.background} background"
+
+
+def relation_caption(a: Obj, relation: str, b: Obj, background: str) -> str:
+    """"a red square to the left of a blue circle on a white background" (GenEval's wording;
+    the training captions never relate two objects)."""
+    rel = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}[relation]
+    return f"{_noun(a, False, False)} {rel} {_noun(b, False, False)} on a {background} background"
+
+
+# Paraphrases: wordings the caption templates above never produce (checked by the tests), for
+# the same scenes. Attribute *values* keep the world's names; structure and function words change.
+_PARA_SIZE = {"small": ["little", "small-sized"], "medium": ["mid-sized", "middle-sized"],
+              "large": ["huge", "large-sized"]}
+_PARA_STYLE = {"solid": ["fully filled", "solid-colored"], "striped": ["in stripes", "with a stripe pattern"],
+               "dotted": ["in polka dots", "with a dot pattern"], "outlined": ["outline only", "as an outline"]}
+_PARA_POS = {
+    "top left": ["up in the top-left corner", "at the upper-left"], "top": ["along the top edge", "up top"],
+    "top right": ["up in the top-right corner", "at the upper-right"], "left": ["at the far left", "by the left edge"],
+    "center": ["dead center", "at the very centre"], "right": ["at the far right", "by the right edge"],
+    "bottom left": ["down in the bottom-left corner", "at the lower-left"],
+    "bottom": ["along the bottom edge", "low and centered"],
+    "bottom right": ["down in the bottom-right corner", "at the lower-right"],
+}
+_PARA_BG = ["on a plain {bg} background", "against a {bg} backdrop", "set on {bg}", "; the background is {bg}"]
+_PARA_REL = {"left of": ["on the left side of", "placed left of"], "right of": ["on the right side of", "placed right of"],
+             "above": ["sitting above", "placed over"], "below": ["sitting below", "placed under"]}
+
+
+def paraphrase_object(o: Obj, rng: np.random.Generator, size: bool = True, style: bool = True,
+                      position: bool = True) -> str:
+    """One object in other words: "a star in red", "a little pink heart covered in stripes", ..."""
+    t = int(rng.integers(3))
+    sz = _pick(rng, _PARA_SIZE[o.size]) + " " if size else ""
+    st = " " + _pick(rng, _PARA_STYLE[o.style]) if style else ""
+    if t == 0:
+        core = f"{sz}{o.shape} in {o.color}{st}"
+    elif t == 1:
+        core = f"{sz}{o.shape} colored {o.color}{st}"
+    else:
+        core = f"{sz}{o.color}-colored {o.shape}{st}"
+    pos = " " + _pick(rng, _PARA_POS[o.position]) if position else ""
+    return f"{'an' if core[0] in 'aeiou' else 'a'} {core}{pos}"
+
+
+def paraphrase_caption(scene: Scene, rng: np.random.Generator, size: bool = True, style: bool = True,
+                       position: bool = True) -> str:
+    """A scene (1 or 2 objects) in wording the training templates never produce."""
+    objs = [paraphrase_object(o, rng, size, style, position) for o in scene.objects]
+    body = objs[0] if len(objs) == 1 else f"{objs[0]} {_pick(rng, ['as well as', 'together with', 'plus'])} {objs[1]}"
+    bg = _pick(rng, _PARA_BG).format(bg=scene.background)
+    return f"{body}{'' if bg.startswith(';') else ' '}{bg}"
+
+
+def paraphrase_relation(a: Obj, relation: str, b: Obj, background: str, rng: np.random.Generator) -> str:
+    """"a square in red placed left of a circle in blue against a white backdrop"."""
+    pa = paraphrase_object(a, rng, size=False, style=False, position=False)
+    pb = paraphrase_object(b, rng, size=False, style=False, position=False)
+    bg = _pick(rng, _PARA_BG).format(bg=background)
+    return f"{pa} {_pick(rng, _PARA_REL[relation])} {pb}{'' if bg.startswith(';') else ' '}{bg}"
+
+
+def template_phrases() -> set[str]:
+    """Every fixed phrase the training captions use (for checking that paraphrases avoid them)."""
+    out = {w for v in _POS_WORDS.values() for w in v} | {w for v in _STYLE_SUFFIX.values() for w in v}
+    return out | {"background:", "background with"}
