@@ -7,21 +7,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engines.base import Artifact, Cancelled, Engine, EngineContext, EngineError, EngineResult
+from engines.base import Artifact, Engine, EngineContext, EngineError, EngineResult, ModelNotFound, ModelSpec
 from engines.video.params import VideoEditParams
 
 
+def embedded_spec() -> ModelSpec:
+    """The embedded world's edit model. ``embedded`` names the t2i model everywhere else (the
+    Studio resolves it to that folder); for this engine it means the InstructPix2Pix model
+    trained from it (``engines.world.train_ip2p``)."""
+    from engines.world.paths import ip2p_model_dir
+
+    path = ip2p_model_dir()
+    if not (path / "model_index.json").is_file():
+        raise ModelNotFound(f"the embedded edit model is not built at {path}; "
+                            "run `python -m engines.world.train_ip2p --install`")
+    return ModelSpec(ref="embedded", kind="embedded", path=path)
+
+
 def load_ip2p(spec: Any, device: str, dtype: str) -> Any:
-    """A LoadedPipeline holding an InstructPix2Pix pipeline (8-channel U-Net input), or a clear error."""
+    """A LoadedPipeline holding an InstructPix2Pix pipeline (U-Net input = noisy latent + image
+    latent, 2 × the VAE's latent channels: 8 for SD), or a clear error."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from engines.pipelines import load_pipeline
 
+    if spec.kind == "embedded" and spec.path != embedded_spec().path:
+        spec = embedded_spec()
     loaded = load_pipeline(spec, device, dtype)
     pipe = loaded.pipe
-    if pipe.unet.config.in_channels != 8:
+    want = 2 * pipe.vae.config.latent_channels
+    if pipe.unet.config.in_channels != want:
         raise EngineError(f"{loaded.name} is not an InstructPix2Pix model: its U-Net takes "
-                          f"{pipe.unet.config.in_channels} input channels (an edit model takes 8: noise + image)")
+                          f"{pipe.unet.config.in_channels} input channels (an edit model takes {want}: noise + image)")
     if not isinstance(pipe, StableDiffusionInstructPix2PixPipeline):
         pipe = StableDiffusionInstructPix2PixPipeline(**{k: v for k, v in pipe.components.items() if k in (
             "vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker", "feature_extractor",
@@ -29,6 +46,10 @@ def load_ip2p(spec: Any, device: str, dtype: str) -> Any:
         pipe.set_progress_bar_config(disable=True)
         loaded.pipe = pipe
     return loaded
+
+
+def _weights_stamp(path: Path) -> int:
+    return max((f.stat().st_mtime_ns for f in path.glob("*/*.safetensors")), default=0)
 
 
 def _frame_size(w: int, h: int, short: int) -> tuple[int, int]:
@@ -49,12 +70,10 @@ class VideoEditEngine(Engine):
     model_params = ("model",)
 
     def run(self, p: VideoEditParams, ctx: EngineContext) -> EngineResult:
-        import numpy as np
-        import torch
         from PIL import Image
 
         from engines.video import io as vio
-        from engines.video.attention import KeyFrameStore, install, uninstall
+        from engines.video.edit import FrameEditor
 
         src = Path(ctx.resolve_input(p.video))
         try:
@@ -63,7 +82,10 @@ class VideoEditEngine(Engine):
         except vio.VideoError as e:
             raise EngineError(str(e)) from None
         ctx.progress(0, 1, "loading model")
-        loaded = ctx.model(p.model, "ip2p", lambda spec: load_ip2p(spec, ctx.device, ctx.dtype))
+        key = "ip2p"
+        if p.model == "embedded":  # cached per version of the edit model's weights (retrained → reloaded)
+            key = f"ip2p:{_weights_stamp(embedded_spec().path)}"
+        loaded = ctx.model(p.model, key, lambda spec: load_ip2p(spec, ctx.device, ctx.dtype))
         pipe = loaded.pipe
         short = p.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         if short % 8:
@@ -73,32 +95,17 @@ class VideoEditEngine(Engine):
         out_path = ctx.work_dir / "edited.mp4"
         poster = ctx.work_dir / "poster.png"
         preview = ctx.work_dir / "preview.png"
-        store = KeyFrameStore()
         fps = info.fps / p.stride
-        with loaded.lock, torch.inference_mode():
-            old = install(pipe.unet, store) if p.consistency == "keyframes" else None
+        editor = FrameEditor(pipe, p.instruction, text_guidance=p.text_guidance, image_guidance=p.image_guidance,
+                             steps=p.steps, consistency=p.consistency, keyframe_every=p.keyframe_every, seed=p.seed,
+                             check=ctx.check_cancelled)
+        with loaded.lock, editor:
             writer = vio.Writer(out_path, size, fps, audio_from=src if info.has_audio and p.stride == 1 else None)
             t0 = time.perf_counter()
             n = 0
             try:
-                for i, frame in enumerate(vio.read_frames(src, size=size, stride=p.stride, max_frames=p.max_frames)):
-                    ctx.check_cancelled()
-                    if old is not None:
-                        key = i == 0 or (p.keyframe_every and i % p.keyframe_every == 0)
-                        if key:
-                            store.reset()
-                        store.mode, store.step = ("record" if key else "use"), 0
-
-                    def on_step(_p: Any, s: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
-                        ctx.check_cancelled()
-                        store.step = s + 1
-                        return kw
-
-                    gen = torch.Generator(device="cpu").manual_seed(p.seed)  # the same noise for every frame
-                    out = pipe(prompt=p.instruction, image=Image.fromarray(frame), num_inference_steps=p.steps,
-                               guidance_scale=p.text_guidance, image_guidance_scale=p.image_guidance, generator=gen,
-                               callback_on_step_end=on_step, output_type="np").images[0]  # [H, W, 3] in [0, 1]
-                    img = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+                for frame in vio.read_frames(src, size=size, stride=p.stride, max_frames=p.max_frames):
+                    img = editor.edit(frame)
                     writer.write(img)
                     n += 1
                     pv = None
@@ -108,20 +115,12 @@ class VideoEditEngine(Engine):
                         Image.fromarray(img).save(preview)
                         pv = preview
                     ctx.progress(n, max(total, n), f"frame {n}/{max(total, n)}", pv)
-            except Cancelled:
-                writer.abort()
-                raise
             except vio.VideoError as e:
                 writer.abort()
                 raise EngineError(str(e)) from None
-            except BaseException:
+            except BaseException:  # cancelled or failed: no partial video is left behind
                 writer.abort()
                 raise
-            finally:
-                store.reset()
-                store.mode = "off"
-                if old is not None:
-                    uninstall(pipe.unet, old)
             writer.close()
         seconds = time.perf_counter() - t0
         meta = {"instruction": p.instruction, "frames": n, "fps": fps, "size": list(size), "audio": info.has_audio,

@@ -30,3 +30,15 @@ def edit_success(labels_pred: list[dict[str, str]], before: dict[str, str], afte
             good &= p[k] == v
         ok += bool(good)
     return ok / max(len(labels_pred), 1)
+
+
+def judge_labels(judge, frames: np.ndarray, batch: int = 256) -> list[dict[str, str]]:  # noqa: ANN001
+    """The world judge's reading of each frame [T, 64, 64, 3] uint8: one label dict per frame."""
+    import torch
+
+    from engines.world.models import judge_predict
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # [T, 3, 64, 64]
+    with torch.no_grad():
+        preds = judge_predict(judge, x, batch)
+    return [{k: v[i] for k, v in preds.items()} for i in range(len(frames))]

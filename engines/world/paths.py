@@ -27,3 +27,9 @@ def train_dir() -> Path:
 def docs_img_dir() -> Path:
     """Where ``--install`` puts the loss curves shown in docs/embedded-world.md."""
     return Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+def ip2p_model_dir() -> Path:
+    """The embedded InstructPix2Pix model (a StableDiffusionInstructPix2PixPipeline directory),
+    the ``video-edit`` engine's ``embedded`` model; trained by ``engines.world.train_ip2p``."""
+    return WEIGHTS / "ip2p"
