@@ -25,6 +25,7 @@ BENCHES = {
     "soak": "bench.soak:main",
     "relight": "bench.relight:main",
     "scale": "bench.scale:main",
+    "video": "bench.video:main",
 }
 EVALS = {
     "world": "engines.world.eval:main",

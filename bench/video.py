@@ -1,0 +1,190 @@
+"""Video editing benchmark (issue 15): edit quality and steadiness on world clips, teacher speed,
+and memory against clip length.
+
+    studio bench video --json [--model embedded] [--clips 4] [--frames 48] [--steps 10]
+                              [--text-guidance 7.5] [--image-guidance 1.5] [--threads 1]
+                              [--mem-frames 48 480] [--mem-steps 2] [--no-quality] [--no-memory]
+
+Quality: ``--clips`` seeded world clips (``engines.video.world.world_clip(seed, frames,
+EDITABLE[seed % 4])``: colour, style, shape and background edits in turn; 64×64) are edited
+frame by frame by ``engines.video.edit.FrameEditor`` — what the ``video-edit`` engine streams
+through — once per frame independently (``per_frame``: consistency none) and once with
+cross-frame attention to the first frame (``cross_frame``: consistency keyframes), same noise
+seed for every frame. Scored on the model's own frames (before the H.264 encoder):
+``edit_success`` (the world judge reads the instructed attribute as the target and every other
+attribute but position as kept, per frame), ``gt_error`` (mean |edit − exact edit|) and
+``flicker`` (mean |Δedit_t − Δtruth_t|), each the mean over clips. ``truth_edit_success`` is the
+judge on the exact edits (the ceiling the judge allows), ``unedited`` the scores of returning
+the input unchanged. ``teacher_fps``: frames per second of the 3-pass guided teacher
+(``--steps`` steps, one frame at a time, ``--threads`` torch threads), per-frame mode.
+
+Memory: the real ``video-edit`` engine (decode → edit → H.264 encode, consistency keyframes)
+on a world clip of each length in ``--mem-frames``, each in a fresh subprocess; ``peak_mb`` is
+the process's peak RSS (``VmHWM``, reset with ``/proc/self/clear_refs`` after the model is
+loaded) over the run, ``growth_mb`` that peak minus the RSS right before the run. Memory does
+not depend on the number of denoising steps, so the memory runs use ``--mem-steps``.
+
+The CFG-distilled and one-step students are not built yet: ``cfg_distilled_fps``,
+``one_step_fps`` and ``distill_speedup`` are null, with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_BUILT = "no CFG-distilled / one-step student yet (issue 15, step 4): nothing to time"
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _load(model: str, threads: int) -> Any:
+    import torch
+
+    from engines.base import ModelSpec
+    from engines.video.engine import embedded_spec, load_ip2p
+
+    torch.set_num_threads(threads)
+    spec = embedded_spec() if model == "embedded" else ModelSpec(model, "diffusers", Path(model).resolve())
+    return load_ip2p(spec, "cpu", "float32")
+
+
+def quality(a: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from engines.video import metrics as VM
+    from engines.video.edit import FrameEditor
+    from engines.video.world import EDITABLE, world_clip
+    from engines.world.models import load_judge
+    from engines.world.paths import judge_dir
+
+    loaded = _load(a.model, a.threads)
+    judge = load_judge(judge_dir())
+    clips = [world_clip(s, a.frames, EDITABLE[s % len(EDITABLE)]) for s in range(a.clips)]
+
+    def scores(frames: np.ndarray, c: Any) -> dict[str, float]:
+        return {"edit_success": VM.edit_success(VM.judge_labels(judge, frames), c.labels_before, c.labels_after,
+                                                c.attribute),
+                "gt_error": VM.gt_error(frames, c.after), "flicker": VM.flicker(frames, c.after)}
+
+    def mean(rows: list[dict[str, float]]) -> dict[str, float]:
+        return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+
+    res: dict[str, Any] = {"clips": [{"seed": s, "attribute": c.attribute, "instruction": c.instruction}
+                                     for s, c in enumerate(clips)]}
+    res["truth_edit_success"] = mean([scores(c.after, c) for c in clips])["edit_success"]
+    res["unedited"] = mean([scores(c.before, c) for c in clips])
+    for name, mode in (("per_frame", "none"), ("cross_frame", "keyframes")):
+        rows, secs, n = [], 0.0, 0
+        for c in clips:
+            with FrameEditor(loaded.pipe, c.instruction, text_guidance=a.text_guidance,
+                             image_guidance=a.image_guidance, steps=a.steps, consistency=mode, seed=0) as ed:
+                out = []
+                for f in c.before:
+                    t = time.perf_counter()
+                    out.append(ed.edit(f))
+                    secs += time.perf_counter() - t
+                    n += 1
+            rows.append(scores(np.stack(out), c))
+        res[name] = mean(rows) | {"fps": round(n / secs, 3), "per_clip": rows}
+    pf, cf = res["per_frame"], res["cross_frame"]
+    res["goal_flicker_below_per_frame"] = cf["flicker"] < pf["flicker"]
+    res["goal_edit_success_not_worse"] = cf["edit_success"] >= pf["edit_success"]
+    res["teacher_fps"] = pf["fps"]
+    return res
+
+
+def child(frames: int, model: str, steps: int, threads: int) -> dict[str, Any]:
+    """One memory run in this (fresh) process: the video-edit engine on a ``frames``-long clip."""
+    from engines.base import EngineContext
+    from engines.video.engine import VideoEditEngine
+    from engines.video.params import VideoEditParams
+    from engines.video.world import world_clip, write_clip
+
+    loaded = _load(model, threads)
+    with tempfile.TemporaryDirectory() as td:
+        clip = world_clip(0, frames)
+        src = write_clip(clip.before, Path(td) / "clip.mp4", upscale=1)
+        del clip
+        work = Path(td) / "work"
+        work.mkdir()
+        ctx = EngineContext(work_dir=work, load_model=lambda ref, key, build: loaded)
+        p = VideoEditParams(video=str(src), instruction="make the star yellow", model=model, steps=steps,
+                            max_frames=frames, consistency="keyframes")
+        import gc
+
+        gc.collect()
+        before = _rss_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        t = time.perf_counter()
+        r = VideoEditEngine().run(p, ctx)
+        secs = time.perf_counter() - t
+        peak = _rss_mb("VmHWM")
+    return {"frames": r.meta["frames"], "peak_mb": round(peak, 1), "growth_mb": round(peak - before, 1),
+            "rss_before_mb": round(before, 1), "seconds": round(secs, 1), "steps": steps}
+
+
+def memory(a: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=str(ROOT))
+    out: dict[str, Any] = {}
+    for n in a.mem_frames:
+        cmd = [sys.executable, "-m", "bench.video", "--child", str(n), "--model", a.model, "--mem-steps",
+               str(a.mem_steps), "--threads", str(a.threads)]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
+        if r.returncode != 0:
+            raise RuntimeError(f"memory run ({n} frames) failed: {r.stderr.strip().splitlines()[-1:]}")
+        out[str(n)] = json.loads(r.stdout.strip().splitlines()[-1])
+    peaks = [v["peak_mb"] for v in out.values()]
+    out["peak_ratio_longest_to_shortest"] = round(peaks[-1] / peaks[0], 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="studio bench video", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
+    ap.add_argument("--model", default="embedded", help="'embedded' or an InstructPix2Pix diffusers folder")
+    ap.add_argument("--clips", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--text-guidance", type=float, default=7.5)
+    ap.add_argument("--image-guidance", type=float, default=1.5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mem-frames", type=int, nargs="+", default=[48, 480])
+    ap.add_argument("--mem-steps", type=int, default=2)
+    ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.frames < 2 or a.clips < 1:
+        ap.error("--frames must be ≥ 2 and --clips ≥ 1")
+    if a.child is not None:
+        print(json.dumps(child(a.child, a.model, a.mem_steps, a.threads)))
+        return 0
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {"bench": "video", "model": a.model, "frames": a.frames, "steps": a.steps,
+                           "text_guidance": a.text_guidance, "image_guidance": a.image_guidance, "threads": a.threads}
+    if not a.no_quality:
+        q = quality(a)
+        res |= {k: q.pop(k) for k in ("teacher_fps",)} | {"quality": q}
+    res |= {"cfg_distilled_fps": None, "one_step_fps": None, "distill_speedup": None, "distill_note": NOT_BUILT}
+    if not a.no_memory:
+        res["memory"] = memory(a)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
