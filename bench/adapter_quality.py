@@ -35,7 +35,6 @@ import argparse
 import functools
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -46,6 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from bench.stats import mean_ci
 
 RECIPE = "v2"  # bump when training or scoring changes, so cached results are not reused
 CONCEPTS: dict[str, tuple[str, str]] = {  # new word -> (judge attribute, the value it means)
@@ -63,22 +64,6 @@ N_TRAIN = 32
 CACHE = Path(".cache/bench-adapters")
 QUALITY_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "time_emb_proj"]
 MIN_GAIN = 0.2  # an adapter that moves the judge less than this alone has no concept to retain
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086]  # Student t 0.975 quantile, df 1..20
-
-
-def mean_ci(xs: list[float | None]) -> dict[str, Any]:
-    """Mean and 95 % t half-width over the non-null values (``ci95`` null below 2 values)."""
-    v = [float(x) for x in xs if x is not None]
-    if not v:
-        return {"mean": None, "ci95": None, "n": 0}
-    m = float(np.mean(v))
-    if len(v) < 2:
-        return {"mean": round(m, 3), "ci95": None, "n": 1}
-    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
-    return {"mean": round(m, 3), "ci95": round(t * float(np.std(v, ddof=1)) / math.sqrt(len(v)), 3), "n": len(v)}
-
-
 def compare(a: list[float | None], b: list[float | None]) -> dict[str, Any]:
     """Paired difference a − b over seeds where both exist; ``verdict`` says what the interval allows."""
     d = [x - y for x, y in zip(a, b) if x is not None and y is not None]

@@ -1,13 +1,16 @@
 """Clockwork Diffusion for any diffusers ``UNet2DConditionModel``.
 
-The U-Net is split at its first downsampling: the high-res part (conv_in, time embedding,
-``down_blocks[0]``, ``up_blocks[-1]``, output head) runs every step; the low-res part
-(``down_blocks[1:]``, ``mid_block``, ``up_blocks[:-1]``) runs only on clock steps (every
+The U-Net is split at a downsampling: with ``depth`` d, the high-res part (conv_in, time
+embedding, ``down_blocks[:d]``, ``up_blocks[-d:]``, output head) runs every step; the low-res
+part (``down_blocks[d:]``, ``mid_block``, ``up_blocks[:-d]``) runs only on clock steps (every
 ``period`` calls, the first always). On the other steps each low-res block returns what
 it produced at the last full step (training-free "reuse"), or — in "adaptor" mode — the
-low-res output ``r_out`` (the output of ``up_blocks[-2]``, which feeds ``up_blocks[-1]``)
+low-res output ``r_out`` (the output of ``up_blocks[-d-1]``, which feeds ``up_blocks[-d]``)
 is predicted by a light adaptor φ(r_in, r_out(t+1), t_emb, pooled text), where ``r_in``
-is this step's output of ``down_blocks[0]``.
+is this step's output of ``down_blocks[d-1]``. Depth 1 (the first downsampling) is the
+paper's split for SD; a deeper cut recomputes more each step (slower cheap steps, smaller
+error) — which one pays off depends on where a model spends its time, so it is measured
+per model (``bench/clockwork.py``) rather than fixed.
 
 Block lists come from the model itself, so SD1.x/2.x/SDXL and the embedded model all work.
 Patches are installed only inside ``with Clockwork(...)`` and removed on exit.
@@ -25,9 +28,10 @@ class ClockworkAdaptor(nn.Module):
     t-embedding and pooled text, two t-conditioned ResBlocks, transposed conv back, and a
     residual onto r_out(t+1). Small by design (a few % of the U-Net)."""
 
-    def __init__(self, c_out: int, c_in: int, t_dim: int, text_dim: int, hidden: int = 64) -> None:
+    def __init__(self, c_out: int, c_in: int, t_dim: int, text_dim: int, hidden: int = 64, depth: int = 1) -> None:
         super().__init__()
-        self.config = {"c_out": c_out, "c_in": c_in, "t_dim": t_dim, "text_dim": text_dim, "hidden": hidden}
+        self.config = {"c_out": c_out, "c_in": c_in, "t_dim": t_dim, "text_dim": text_dim, "hidden": hidden,
+                       "depth": depth}
         self.down = nn.Conv2d(c_out, hidden, 3, stride=2, padding=1)
         self.inp = nn.Conv2d(c_in, hidden, 1)
         self.cond = nn.Linear(t_dim + text_dim, hidden)
@@ -68,19 +72,35 @@ class _ResBlock(nn.Module):
         return x + h
 
 
-def adaptor_for(unet: Any, hidden: int = 64) -> ClockworkAdaptor:
-    """An untrained adaptor sized for ``unet``."""
-    c_out = _up_out_channels(unet)
-    c_in = unet.config.block_out_channels[0]
+def adaptor_for(unet: Any, hidden: int = 64, depth: int = 1) -> ClockworkAdaptor:
+    """An untrained adaptor sized for ``unet`` cut at ``depth``."""
+    _check_depth(unet, depth)
+    c_out = _up_out_channels(unet, depth)
+    c_in = unet.config.block_out_channels[depth - 1]
     t_dim = unet.time_embedding.linear_2.out_features
     text_dim = unet.config.cross_attention_dim
     if isinstance(text_dim, (list, tuple)):
         text_dim = text_dim[0]
-    return ClockworkAdaptor(c_out, c_in, t_dim, int(text_dim), hidden)
+    return ClockworkAdaptor(c_out, c_in, t_dim, int(text_dim), hidden, depth)
 
 
-def _up_out_channels(unet: Any) -> int:
-    blk = unet.up_blocks[-2]
+def _check_depth(unet: Any, depth: int) -> None:
+    if depth < 1 or len(unet.down_blocks) <= depth or len(unet.up_blocks) <= depth:
+        raise ValueError(f"Clockwork depth {depth} needs a U-Net with more than {depth} resolution levels")
+
+
+def r_in_block(unet: Any, depth: int = 1) -> Any:
+    """The block whose output is the low-res path's input at ``depth``."""
+    return unet.down_blocks[depth - 1]
+
+
+def r_out_block(unet: Any, depth: int = 1) -> Any:
+    """The block whose output is the low-res path's result at ``depth``."""
+    return unet.up_blocks[-depth - 1]
+
+
+def _up_out_channels(unet: Any, depth: int = 1) -> int:
+    blk = r_out_block(unet, depth)
     if getattr(blk, "upsamplers", None):
         return blk.upsamplers[0].channels
     return blk.resnets[-1].out_channels
@@ -89,26 +109,32 @@ def _up_out_channels(unet: Any) -> int:
 class Clockwork:
     """Context manager installing the clock on ``unet`` for one pipeline call.
 
-    mode: "reuse" (identity adaptor) or "adaptor" (needs ``adaptor``).
+    mode: "reuse" (identity adaptor) or "adaptor" (needs ``adaptor``; its depth is used).
+    ``depth``: resolution levels that run every step (reuse mode).
     After the call, ``full_steps`` / ``cheap_steps`` say what ran.
     """
 
-    def __init__(self, unet: Any, period: int = 2, mode: str = "reuse", adaptor: ClockworkAdaptor | None = None) -> None:
+    def __init__(self, unet: Any, period: int = 2, mode: str = "reuse", adaptor: ClockworkAdaptor | None = None,
+                 depth: int = 1) -> None:
         if period < 1:
             raise ValueError("clock period must be ≥ 1")
         if mode == "adaptor" and adaptor is None:
             raise ValueError("adaptor mode needs a trained adaptor")
-        if len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2:
-            raise ValueError("Clockwork needs a U-Net with at least two resolution levels")
+        if mode == "adaptor":
+            depth = int(adaptor.config.get("depth", 1))  # type: ignore[union-attr]
+        _check_depth(unet, depth)
         self.unet = unet
+        self.depth = depth
         self.period = period
         self.mode = mode
         self.adaptor = adaptor
-        # down_blocks[0]'s downsampler only feeds the low-res path: reuse skips it too; the
+        # down_blocks[d-1]'s downsampler only feeds the low-res path: reuse skips it too; the
         # adaptor needs it fresh (its output is r_in)
-        first_down = list(getattr(unet.down_blocks[0], "downsamplers", None) or []) if mode == "reuse" else []
-        self.low = first_down + list(unet.down_blocks[1:]) + [unet.mid_block] + list(unet.up_blocks[:-1])
-        self.r_out_block = unet.up_blocks[-2]
+        cut = r_in_block(unet, depth)
+        first_down = list(getattr(cut, "downsamplers", None) or []) if mode == "reuse" else []
+        self.low = first_down + list(unet.down_blocks[depth:]) + [unet.mid_block] + list(unet.up_blocks[:-depth])
+        self.r_out_block = r_out_block(unet, depth)
+        self.r_in_block = cut
         self.calls = 0
         self.full = True
         self.full_steps = 0
@@ -125,7 +151,7 @@ class Clockwork:
     # -- install / remove ----------------------------------------------------------------
     def __enter__(self) -> "Clockwork":
         self._hooks.append(self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True))
-        self._hooks.append(self.unet.down_blocks[0].register_forward_hook(self._grab_r_in))
+        self._hooks.append(self.r_in_block.register_forward_hook(self._grab_r_in))
         self._hooks.append(self.unet.time_embedding.register_forward_hook(self._grab_temb))
         for m in self.low:
             orig = m.forward
@@ -188,6 +214,21 @@ class Clockwork:
             return cached
 
         return forward
+
+
+def choose_period(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str, default: int = 2) -> int:
+    """The measured period for (sampler, steps, mode) from a Clockwork profile.
+
+    Profile: {"choices": {sampler: {str(steps): {mode: {"period": P, ...}}}}}. An unmeasured
+    step count takes the choice of the largest measured count below it (fewer steps tolerate
+    less skipping, so never borrow from a longer schedule), else ``default``; an unmeasured
+    sampler falls back to ``default`` too (error depends on the solver)."""
+    table = ((profile or {}).get("choices") or {}).get(sampler) or {}
+    below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
+    if not below:
+        return default
+    p = table[str(below[-1])][mode].get("period")
+    return int(p) if isinstance(p, int) and 2 <= p <= 16 else default
 
 
 def load_adaptor(path: Any, device: str = "cpu", dtype: Any = None) -> ClockworkAdaptor:

@@ -6,7 +6,12 @@ low-res path's input ``r_in(t)`` (output of ``down_blocks[0]``), its output ``r_
 (output of ``up_blocks[-2]``), the time embedding and the pooled text. The adaptor learns
 r_out(t) ≈ φ(r_in(t), r_out(t+1), t_emb, text) with an L2 loss on consecutive steps.
 
-    studio train-clockwork --model embedded [--captions FILE] [--sampler-steps 8] [--iters 3000]
+    studio train-clockwork --model embedded [--captions FILE] [--sampler-steps 8 20]
+        [--samplers "DPM++ 2M" Euler] [--chain 3] [--iters 3000]
+
+One adaptor serves several samplers and step counts (trajectories of each are mixed in
+training: φ sees the time embedding, not the step index); ``--chain`` trains it for clock
+periods up to chain + 1.
 """
 from __future__ import annotations
 
@@ -22,9 +27,13 @@ import torch
 
 
 def collect(pipe: Any, captions: list[str], steps: int, guidance: float, seed: int = 0,
-            batch: int = 8, on_batch: Callable[[int, int], None] | None = None) -> list[dict[str, torch.Tensor]]:
+            batch: int = 8, on_batch: Callable[[int, int], None] | None = None,
+            depth: int = 1) -> list[dict[str, torch.Tensor]]:
     """Teacher records: one dict per trajectory with tensors stacked over steps:
-    r_in [S, B, c_in, h/2, w/2], r_out [S, B, c_out, h, w], temb [S, B, t_dim], text [S, B, D]."""
+    r_in [S, B, c_in, h/2, w/2], r_out [S, B, c_out, h, w], temb [S, B, t_dim], text [S, B, D]
+    (r_out stored as fp16: ~half the RAM for long multi-sampler runs)."""
+    from engines.t2i.clockwork import r_in_block, r_out_block
+
     unet = pipe.unet
     rec: dict[str, list[torch.Tensor]] = {"r_in": [], "r_out": [], "temb": [], "text": []}
 
@@ -34,9 +43,10 @@ def collect(pipe: Any, captions: list[str], steps: int, guidance: float, seed: i
 
     hooks = [
         unet.register_forward_pre_hook(pre, with_kwargs=True),
-        unet.down_blocks[0].register_forward_hook(
+        r_in_block(unet, depth).register_forward_hook(
             lambda _m, _i, o: rec["r_in"].append((o[0] if isinstance(o, tuple) else o).detach().cpu())),
-        unet.up_blocks[-2].register_forward_hook(lambda _m, _i, o: rec["r_out"].append(o.detach().cpu())),
+        r_out_block(unet, depth).register_forward_hook(
+            lambda _m, _i, o: rec["r_out"].append(o.detach().cpu().half())),
         unet.time_embedding.register_forward_hook(lambda _m, _i, o: rec["temb"].append(o.detach().cpu())),
     ]
     size = unet.config.sample_size * pipe.vae_scale_factor
@@ -60,8 +70,14 @@ def collect(pipe: Any, captions: list[str], steps: int, guidance: float, seed: i
 
 
 def train(adaptor: torch.nn.Module, trajectories: list[dict[str, torch.Tensor]], iters: int, lr: float = 1e-3,
-          batch: int = 32, seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """L2 on consecutive-step pairs (t+1 → t); returns the loss curve."""
+          batch: int = 32, seed: int = 0, on_step: Callable[[int, float], None] | None = None,
+          chain: int = 1) -> list[float]:
+    """L2 between φ's estimates and the teacher's r_out; returns the loss curve.
+
+    ``chain`` k > 1 unrolls φ as the sampler will use it at clock period k + 1: from a full
+    step's r_out(s) it predicts s+1 … s+k, each estimate feeding the next, and the loss sums
+    over the chain — training on single pairs only (chain 1) lets errors compound between
+    full steps, which is what limits the usable period."""
     g = random.Random(seed)
     torch.manual_seed(seed)
     pairs = [(ti, s) for ti, tr in enumerate(trajectories) for s in range(1, tr["r_out"].shape[0])]
@@ -70,14 +86,22 @@ def train(adaptor: torch.nn.Module, trajectories: list[dict[str, torch.Tensor]],
     adaptor.train()
     losses = []
     for it in range(iters):
-        pick = [pairs[g.randrange(len(pairs))] for _ in range(max(1, batch // trajectories[0]["r_out"].shape[1]))]
-        r_in = torch.cat([trajectories[t]["r_in"][s] for t, s in pick]).float()
-        r_prev = torch.cat([trajectories[t]["r_out"][s - 1] for t, s in pick]).float()
-        target = torch.cat([trajectories[t]["r_out"][s] for t, s in pick]).float()
-        temb = torch.cat([trajectories[t]["temb"][s] for t, s in pick]).float()
-        text = torch.cat([trajectories[t]["text"][s] for t, s in pick]).float()
-        pred = adaptor(r_in, r_prev, temb, text)
-        loss = torch.nn.functional.mse_loss(pred, target)
+        per = max(1, batch // trajectories[0]["r_out"].shape[1])
+        # chain length for this batch: 1..chain; start points leave room for all k steps
+        k = 1 + g.randrange(chain) if chain > 1 else 1
+        room = [(t, s) for t, s in pairs if s + k <= trajectories[t]["r_out"].shape[0]] or pairs
+        k = min([k] + [trajectories[t]["r_out"].shape[0] - s for t, s in room])
+        pick = [room[g.randrange(len(room))] for _ in range(per)]
+        est = torch.cat([trajectories[t]["r_out"][s - 1] for t, s in pick]).float()  # [b, c_out, h, w]
+        loss = torch.zeros(())
+        for j in range(k):
+            r_in = torch.cat([trajectories[t]["r_in"][s + j] for t, s in pick]).float()
+            temb = torch.cat([trajectories[t]["temb"][s + j] for t, s in pick]).float()
+            text = torch.cat([trajectories[t]["text"][s + j] for t, s in pick]).float()
+            target = torch.cat([trajectories[t]["r_out"][s + j] for t, s in pick]).float()
+            est = adaptor(r_in, est, temb, text)
+            loss = loss + torch.nn.functional.mse_loss(est, target)
+        loss = loss / k
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -120,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder")
     ap.add_argument("--captions", type=Path, default=None, help="text file, one caption per line")
     ap.add_argument("--n-captions", type=int, default=256)
-    ap.add_argument("--sampler-steps", type=int, default=8)
+    ap.add_argument("--sampler-steps", type=int, nargs="+", default=[8, 20])
+    ap.add_argument("--samplers", nargs="+", default=["DPM++ 2M"], help="A1111-style sampler names")
+    ap.add_argument("--chain", type=int, default=1, help="cheap steps unrolled in training (period - 1)")
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=1, help="resolution levels that run every step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default: next to the model (picked up by t2i)")
     args = ap.parse_args(argv)
@@ -142,22 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     spec = ModelSpec(ref=args.model, kind="diffusers", path=path)
     loaded = load_pipeline(spec, "cpu", "float32")
     pipe = loaded.pipe
-    pipe.scheduler = make_scheduler("DPM++ 2M", loaded.base_scheduler)
     caps = (args.captions.read_text().splitlines() if args.captions else default_captions(args.n_captions, args.seed))
     caps = [c.strip() for c in caps if c.strip()]
     t0 = time.time()
-    traj = collect(pipe, caps, args.sampler_steps, args.guidance, args.seed,
-                   on_batch=lambda d, n: print(f"teacher {d}/{n}", file=sys.stderr))
+    traj: list[dict[str, torch.Tensor]] = []
+    for sampler in args.samplers:
+        pipe.scheduler = make_scheduler(sampler, loaded.base_scheduler)
+        for steps in args.sampler_steps:
+            traj += collect(pipe, caps, steps, args.guidance, args.seed, depth=args.depth,
+                            on_batch=lambda d, n, s=steps, m=sampler: print(f"teacher {m} {s} steps {d}/{n}",
+                                                                              file=sys.stderr))
     t_collect = time.time() - t0
     torch.manual_seed(args.seed)
-    adaptor = adaptor_for(pipe.unet, args.hidden)
+    adaptor = adaptor_for(pipe.unet, args.hidden, args.depth)
     base = identity_loss(traj)
-    losses = train(adaptor, traj, args.iters, args.lr, seed=args.seed,
+    losses = train(adaptor, traj, args.iters, args.lr, seed=args.seed, chain=args.chain,
                    on_step=lambda i, l: print(f"iter {i} loss {l:.5f}", file=sys.stderr) if i % 200 == 0 else None)
     out = args.out or adaptor_path(spec)
     tail = sum(losses[-50:]) / min(50, len(losses))
-    info = {"sampler": "DPM++ 2M", "sampler_steps": args.sampler_steps, "guidance": args.guidance,
-            "captions": len(caps), "iters": args.iters, "identity_loss": base, "final_loss": tail,
+    info = {"samplers": args.samplers, "sampler_steps": args.sampler_steps, "chain": args.chain, "depth": args.depth,
+            "guidance": args.guidance, "hidden": args.hidden, "captions": len(caps), "iters": args.iters,
+            "identity_loss": base, "final_loss": tail,
             "model_hash": loaded.model_hash}
     save_adaptor(adaptor, out, info)
     print(json.dumps(info | {"out": str(out), "params": sum(p.numel() for p in adaptor.parameters()),

@@ -17,11 +17,21 @@ VERSION = "Studio 0.1"
 ADAPTOR_FILE = "clockwork_adaptor.safetensors"
 
 
+PROFILE_FILE = "clockwork_profile.json"
+
+
 def adaptor_path(spec: ModelSpec) -> Path:
     """Where a model's Clockwork adaptor lives: inside a folder model, beside a single file."""
     if spec.path.is_dir():
         return spec.path / ADAPTOR_FILE
     return spec.path.with_suffix(".clockwork.safetensors")
+
+
+def profile_path(spec: ModelSpec) -> Path:
+    """Where a model's measured Clockwork choices live (written by ``studio bench clockwork``)."""
+    if spec.path.is_dir():
+        return spec.path / PROFILE_FILE
+    return spec.path.with_suffix(".clockwork.json")
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -80,6 +90,8 @@ class T2IEngine(Engine):
                 raise EngineError(f"cannot read init_image: {e}") from None
         steps_per_pass = max(1, min(int(params.steps * params.strength), params.steps)) if init else params.steps
         seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
+        if params.clockwork != "off" and params.clock_period is None:
+            params = params.model_copy(update={"clock_period": self._period(loaded, params)})
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
                      steps_per_pass=steps_per_pass, total=steps_per_pass * params.batch_count, seed=seed,
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
@@ -164,6 +176,25 @@ class T2IEngine(Engine):
         else:
             latents_to_image(latents, decoder).save(dest)
         return dest
+
+    @staticmethod
+    def _period(loaded: LoadedPipeline, params: T2IParams) -> int:
+        """The clock period the model's profile measured best for this sampler, step count and
+        mode (a profile made for other weights is ignored); 2 without one."""
+        from engines.t2i.clockwork import choose_period
+
+        if "clockwork_profile" not in loaded.extras:
+            path = profile_path(loaded.spec)
+            prof = None
+            if path.is_file():
+                try:
+                    prof = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    prof = None
+            if not isinstance(prof, dict) or prof.get("model_hash") != loaded.model_hash:
+                prof = None
+            loaded.extras["clockwork_profile"] = prof
+        return choose_period(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork)
 
     @staticmethod
     def _adaptor(loaded: LoadedPipeline, ctx: EngineContext) -> Any:

@@ -39,7 +39,10 @@ class T2IParams(Params):
     clockwork: Literal["off", "reuse", "adaptor"] = Field(
         "off", description="Clockwork: reuse = training-free reuse of low-res U-Net features on non-clock steps; "
                            "adaptor = learned adaptor (needs one trained for this model)")
-    clock_period: int = Field(2, ge=2, le=16, description="Clockwork: a full U-Net pass every N steps")
+    clock_period: int | None = Field(None, ge=2, le=16,
+                                     description="Clockwork: a full U-Net pass every N steps; empty = the period "
+                                                 "measured best for this model, sampler and step count "
+                                                 "(`studio bench clockwork --write-profile`), else 2")
     init_image: str | None = input_field("img2img: start from this image (asset id or path)", kinds=("image",),
                                          default=None)
     strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much to change the init image")

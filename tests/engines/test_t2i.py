@@ -234,3 +234,84 @@ def test_sdxl_folder_picks_the_xl_pipeline_and_clockwork_works(tmp_path) -> None
     assert Image.open(res.artifacts[0].path).size == (32, 32)
     cw = T2IEngine().run(params(model, steps=4, clockwork="reuse"), make_ctx(tmp_path / "b", cache))
     assert cw.meta["clockwork_cheap_steps"] == 2
+
+
+def test_choose_period_follows_the_measured_profile() -> None:
+    from engines.t2i.clockwork import choose_period
+
+    prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 3}}, "20": {"adaptor": {"period": 4},
+                                                                          "reuse": {"period": 2}}}}}
+    assert choose_period(prof, "DPM++ 2M", 8, "adaptor") == 3
+    assert choose_period(prof, "DPM++ 2M", 12, "adaptor") == 3  # largest measured count below
+    assert choose_period(prof, "DPM++ 2M", 30, "adaptor") == 4
+    assert choose_period(prof, "DPM++ 2M", 6, "adaptor") == 2  # never borrow from a longer schedule
+    assert choose_period(prof, "DPM++ 2M", 8, "reuse") == 2  # reuse not measured at 8: default
+    assert choose_period(prof, "Euler", 20, "adaptor") == 2  # other solver: default
+    assert choose_period(None, "DPM++ 2M", 20, "adaptor") == 2
+    bad = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 999}}}}}
+    assert choose_period(bad, "DPM++ 2M", 8, "adaptor") == 2
+
+
+def test_empty_clock_period_uses_the_profile_of_these_weights(tiny, tmp_path) -> None:  # noqa: ANN001
+    import json
+    import shutil
+
+    from engines.t2i.engine import profile_path
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    cache: dict = {}
+    run = T2IEngine().run(params(model, steps=8, clockwork="reuse"), make_ctx(tmp_path / "a", cache))
+    assert run.meta["clockwork_cheap_steps"] == 4 and run.artifacts[0].meta["params"]["clock_period"] == 2
+    h = next(v for v in cache.values() if hasattr(v, "pipe")).model_hash
+    spec = ModelSpec("m", "diffusers", model)
+    profile_path(spec).write_text(json.dumps({"model_hash": "other weights", "choices": {
+        "DPM++ 2M": {"8": {"reuse": {"period": 4}}}}}))
+    run = T2IEngine().run(params(model, steps=8, clockwork="reuse"), make_ctx(tmp_path / "b", {}))
+    assert run.meta["clockwork_cheap_steps"] == 4  # a profile made for other weights is ignored
+    profile_path(spec).write_text(json.dumps({"model_hash": h, "choices": {
+        "DPM++ 2M": {"8": {"reuse": {"period": 4}}}}}))
+    run = T2IEngine().run(params(model, steps=8, clockwork="reuse"), make_ctx(tmp_path / "c", {}))
+    assert run.meta["clockwork_cheap_steps"] == 6 and "Clockwork: reuse/4" in run.artifacts[0].meta["parameters"]
+    run = T2IEngine().run(params(model, steps=8, clockwork="reuse", clock_period=2), make_ctx(tmp_path / "d", {}))
+    assert run.meta["clockwork_cheap_steps"] == 4  # an explicit period wins
+
+
+def test_deeper_cut_skips_only_the_deeper_blocks(tiny, cache) -> None:  # noqa: ANN001
+    from engines.pipelines import load_pipeline
+    from engines.t2i.clockwork import Clockwork
+
+    unet = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32").pipe.unet
+    assert len(unet.down_blocks) == 3
+    with pytest.raises(ValueError, match="depth 3"):
+        Clockwork(unet, 2, depth=3)
+    ran: list[str] = []
+    hooks = [b.register_forward_hook(lambda m, *_, n=n: ran.append(n)) for n, b in
+             [("up1", unet.up_blocks[-2].resnets[0]), ("up0", unet.up_blocks[-3].resnets[0])]]
+    x, e = torch.randn(2, unet.config.in_channels, 8, 8), torch.randn(2, 5, unet.config.cross_attention_dim)
+    with torch.no_grad(), Clockwork(unet, 4, depth=2) as cw:
+        for t in (900, 800, 700, 600):
+            unet(x, t, encoder_hidden_states=e)
+    for h in hooks:
+        h.remove()
+    assert cw.full_steps == 1 and cw.cheap_steps == 3
+    assert ran.count("up1") == 4  # level 1 runs every step at depth 2
+    assert ran.count("up0") == 1  # the deeper level only on the full step
+
+
+def test_chain_training_unrolls_the_adaptor(tiny) -> None:  # noqa: ANN001
+    from engines.pipelines import load_pipeline
+    from engines.t2i import clockwork_train as ct
+    from engines.t2i.clockwork import adaptor_for
+
+    loaded = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32")
+    traj = ct.collect(loaded.pipe, ["a red star", "a blue ring"], steps=6, guidance=4.0, batch=2)
+    calls = []
+    ad = adaptor_for(loaded.pipe.unet, hidden=8)
+    h = ad.register_forward_hook(lambda *_: calls.append(1))
+    losses = ct.train(ad, traj, iters=10, lr=1e-3, chain=3, seed=1)
+    h.remove()
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(calls) > 10  # some batches unrolled more than one cheap step
+    again = ct.train(adaptor_for(loaded.pipe.unet, hidden=8), traj, iters=10, lr=1e-3, chain=3, seed=1)
+    assert len(again) == 10
