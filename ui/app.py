@@ -7,7 +7,7 @@ import gradio as gr
 
 from studio import __version__
 from studio.wiring import Services
-from ui.tabs import adapters, gallery, generate, personalize, queue, run, splat
+from ui.tabs import adapters, gallery, generate, personalize, queue, run, splat, video
 
 
 # Ctrl/Cmd+Enter in a prompt box presses that tab's Generate/Run button (Enter alone adds a line).
@@ -37,6 +37,7 @@ def build(services: Services) -> gr.Blocks:
             generate.build_tab(services, bridge)
             adapters.build_tab(services)
             personalize.build_tab(services, bridge, tabs)
+            video.build_tab(services)
             splat.build_tab(services)
             run.build_tab(services)
             queue.build_tab(services)

@@ -90,3 +90,37 @@ def world_pair(seed: int, index: int, attribute: str | None = None) -> WorldPair
     a = g.Scene(s0.background, (replace(s0.primary, jitter=jit, scale=sc),))
     b = g.Scene(s1.background, (replace(s1.primary, jitter=jit, scale=sc),))
     return WorldPair(g.render(a)[0], g.render(b)[0], pair.instruction, attr, pair.before.labels, pair.after.labels)
+
+
+# Demo clips offered by the Video tab: (seed, attribute) -> a 4-second clip, one per kind of edit.
+DEMOS: dict[str, tuple[int, str]] = {"colour": (0, "color"), "style": (1, "style"),
+                                     "shape": (2, "shape"), "background": (3, "background")}
+
+
+def demo_instruction(name: str) -> str:
+    """The instruction that edits demo ``name`` into its ground truth (e.g. "make the square red")."""
+    seed, attr = DEMOS[name]
+    return g.edit_pair(seed, 0, attr).instruction
+
+
+def demo_clip(name: str, folder: Path, frames: int = 48, fps: float = 12.0) -> Path:
+    """``<folder>/world-<name>.mp4`` (made once): the demo's world clip at 256² (4× nearest, so
+    the engine's 64-px read is exact up to the codec) with a 440 Hz tone as its sound track,
+    so an edit shows that audio is carried over. Unknown names raise KeyError."""
+    import subprocess
+
+    from engines.video.io import ffmpeg
+
+    seed, attr = DEMOS[name]
+    dest = Path(folder) / f"world-{name}.mp4"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    silent = write_clip(world_clip(seed, frames, attr).before, dest.with_suffix(".silent.mp4"), fps=fps)
+    tmp = dest.with_suffix(".tmp.mp4")
+    subprocess.run([ffmpeg(), "-hide_banner", "-nostdin", "-y", "-i", str(silent), "-f", "lavfi", "-i",
+                    f"sine=frequency=440:duration={frames / fps}", "-c:v", "copy", "-c:a", "aac", "-shortest",
+                    str(tmp)], capture_output=True, check=True, timeout=120)
+    silent.unlink(missing_ok=True)
+    tmp.replace(dest)
+    return dest
