@@ -4,6 +4,7 @@ prompt fidelity on the embedded model, plain vs hollowed vs the untrained base.
     studio bench personalize --json [--memory-only | --quality-only] [--threads 1]
         memory:  [--mem-steps 2] [--mem-hollow 2] [--rank 4] [--device cpu]
         quality: [--steps 300] [--lr 5e-3] [--seeds 0] [--eval-seeds 0 1] [--contexts 8] [--hollow 1]
+                 [--prior-preservation off|on] [--class-images 50]
 
 Memory: an SD1.5-config ``UNet2DConditionModel`` with random weights (cost does not depend on
 the values), 64×64 latents (512×512 images), batch 1, LoRA r=4 on the engine's default targets,
@@ -23,7 +24,9 @@ photos of the world's never-seen creature), subject word ``sks``, class ``creatu
 (hollow 0) and hollowed (``--hollow``), same seed and steps; then ``engines.personalize.metrics``:
 ``subject_fidelity`` (a judge head that knows the subject), ``subject_similarity`` (DINO-style),
 ``prompt_fidelity`` (contexts the photos never showed) and ``base_drift``,
-with the untrained base model as reference. Everything seeded.
+with the untrained base model as reference. Everything seeded. With two or more training seeds
+the summary gives, per mode and for the paired hollowed − plain difference, the mean, the 95 %
+Student-t half-width over seeds and the per-seed values.
 """
 from __future__ import annotations
 
@@ -163,6 +166,47 @@ def memory(a: argparse.Namespace) -> dict[str, Any]:
 
 # -- quality on the embedded model ----------------------------------------------------------------
 
+METRICS = ("subject_fidelity", "subject_similarity", "prompt_fidelity", "base_drift")
+# two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); beyond 30: the normal's 1.96
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def interval(xs: list[float]) -> dict[str, Any]:
+    """Mean, 95 % t half-width over the values (None for one value), and the values."""
+    n = len(xs)
+    mean = sum(xs) / n
+    half = None
+    if n > 1:
+        sd = (sum((x - mean) ** 2 for x in xs) / (n - 1)) ** 0.5
+        t = T95.get(n - 1) or next((T95[k] for k in sorted(T95) if k >= n - 1), 1.96)
+        half = round(t * sd / n ** 0.5, 4)
+    return {"mean": round(mean, 4), "ci95": half, "n": n, "values": [round(x, 4) for x in xs]}
+
+
+def summarize(runs: dict[str, dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
+    """Per-mode and paired (hollowed − plain, same training seed) statistics from ``runs``
+    keyed "plain/seedN" / "hollowed/seedN"."""
+    seeds = sorted({int(k.split("seed")[1]) for k in runs}, key=int)
+    paired = [s for s in seeds if f"plain/seed{s}" in runs and f"hollowed/seed{s}" in runs]
+    out: dict[str, Any] = {"seeds": seeds}
+    for mode in ("plain", "hollowed"):
+        rows = [runs[f"{mode}/seed{s}"] for s in seeds if f"{mode}/seed{s}" in runs]
+        if rows:
+            out[mode] = {m: interval([r[m] for r in rows]) for m in METRICS}
+    if paired:
+        out["hollowed_minus_plain"] = {m: interval([runs[f"hollowed/seed{s}"][m] - runs[f"plain/seed{s}"][m]
+                                                    for s in paired]) for m in METRICS}
+        out["paired_seeds"] = paired
+    for mode in ("plain", "hollowed"):
+        if mode in out:
+            out[f"{mode}_minus_base"] = {m: interval([runs[f"{mode}/seed{s}"][m] - base[m] for s in seeds
+                                                      if f"{mode}/seed{s}" in runs])
+                                         for m in ("subject_fidelity", "prompt_fidelity")}
+    return out
+
+
 def quality(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -197,6 +241,8 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": "embedded", "subject": "demo (world's novel creature), 8 photos",
                            "steps": a.steps, "train_seeds": a.seeds, "eval_seeds": a.eval_seeds,
                            "contexts": a.contexts, "hollow": a.hollow, "lr": a.lr, "batch_size": a.batch,
+                           "prior_preservation": a.prior_preservation,
+                           "class_images": a.class_images if a.prior_preservation == "on" else 0,
                            "base": base_scores, "runs": {}}
     per: dict[str, list[dict[str, Any]]] = {"plain": [], "hollowed": []}
     with tempfile.TemporaryDirectory(prefix="bench-personalize-") as td:
@@ -206,8 +252,11 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                 work.mkdir(parents=True)
                 state.mkdir(parents=True)
                 p = PersonalizeParams(demo=True, **words, hollow=k, steps=a.steps, seed=seed, learning_rate=a.lr,
-                                      batch_size=a.batch, samples_every=0, checkpoint_every=max(a.steps, 1))
-                ctx = EngineContext(work_dir=work, state_dir=state, resolve_model=lambda _r: spec)
+                                      batch_size=a.batch, samples_every=0, checkpoint_every=max(a.steps, 1),
+                                      prior_preservation=a.prior_preservation, class_images=a.class_images)
+                # class images are cached per model + class across the runs (as the Studio's data dir does)
+                ctx = EngineContext(work_dir=work, state_dir=state, resolve_model=lambda _r: spec,
+                                    extras={"personalize_cache_dir": str(Path(td) / "class-images")})
                 t = time.perf_counter()
                 r = PersonalizeEngine().run(p, ctx)
                 wall = time.perf_counter() - t
@@ -216,7 +265,8 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                 scores, _ = evaluate(pipe, base, judge, **words, base_images=base_class, **kw)
                 scores |= {"train_wall_s": round(wall, 1), "train_s": r.meta["train_s"],
                            "precompute_s": r.meta["precompute_s"], "final_loss": round(r.meta["final_loss"], 4),
-                           "kept_param_fraction": r.meta["kept_param_fraction"]}
+                           "kept_param_fraction": r.meta["kept_param_fraction"],
+                           "class_images": r.meta["class_images"]}
                 per[mode].append(scores)
                 out["runs"][f"{mode}/seed{seed}"] = scores
     for mode, rows in per.items():
@@ -226,8 +276,36 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
         m: round(100 * (out["hollowed"][m] - out["plain"][m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
     out["plain_minus_base_points"] = {
         m: round(100 * (out["plain"][m] - base_scores[m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
+    out["stats"] = summarize(out["runs"], base_scores)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+SETTINGS = ("model", "steps", "eval_seeds", "contexts", "hollow", "lr", "batch_size", "prior_preservation",
+            "class_images")
+DEFAULTS = {"prior_preservation": "off", "class_images": 0}  # results from before these settings existed
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """Joint statistics of several ``--quality-only`` results (e.g. one training seed per
+    process); refuses results made with different settings or a different base."""
+    runs: dict[str, Any] = {}
+    first: dict[str, Any] | None = None
+    for p in paths:
+        q = json.loads(Path(p).read_text())["quality"]
+        if first is None:
+            first = q
+        for k in SETTINGS + ("base",):
+            if q.get(k, DEFAULTS.get(k)) != first.get(k, DEFAULTS.get(k)):
+                raise SystemExit(f"{p}: {k} = {q.get(k)!r} differs from {first.get(k)!r} in {paths[0]}")
+        for k, v in q["runs"].items():
+            if k in runs and runs[k] != v:
+                raise SystemExit(f"{p}: run {k} differs from an earlier file's")
+            runs[k] = v
+    assert first is not None
+    return {"bench": "personalize", "merged": paths,
+            "quality": {k: first.get(k, DEFAULTS.get(k)) for k in SETTINGS} | {"base": first["base"], "runs": runs,
+                                                                "stats": summarize(runs, first["base"])}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,10 +325,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hollow", type=int, default=1, help="hollow levels for the quality runs (embedded: 0..2)")
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--prior-preservation", choices=("off", "on"), default="off",
+                    help="quality runs with class images by the base model (the engine's prior preservation)")
+    ap.add_argument("--class-images", type=int, default=50, help="class images with --prior-preservation on")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="no runs: merge the quality results of earlier runs (one seed set each, same settings) "
+                         "and print their joint statistics")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a.mem_steps, a.mem_hollow, a.rank, a.device, a.threads)))
+        return 0
+    if a.merge:
+        print(json.dumps(merge(a.merge)))
         return 0
     t0 = time.perf_counter()
     res: dict[str, Any] = {"bench": "personalize"}

@@ -349,3 +349,36 @@ def test_subject_metrics_tell_the_subject_from_world_objects() -> None:
     assert good["subject_fidelity"] > 0.9 > 0.1 > other["subject_fidelity"]
     assert good["prompt_fidelity"] >= 0.75  # the judge reads the asked context off real renders
     assert drift(real, real) == 0.0 and drift(real, world) > 0.05
+
+
+def test_bench_intervals_pair_runs_by_seed_and_merge_refuses_mixed_settings(tmp_path: Path) -> None:
+    import json
+
+    from bench.personalize import interval, merge, summarize
+
+    assert interval([0.5]) == {"mean": 0.5, "ci95": None, "n": 1, "values": [0.5]}
+    iv = interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
+    assert iv["mean"] == 2.0 and iv["ci95"] == pytest.approx(4.303 / 3 ** 0.5, abs=1e-4)
+
+    def row(sf: float, pf: float) -> dict[str, float]:
+        return {"subject_fidelity": sf, "subject_similarity": 0.7, "prompt_fidelity": pf, "base_drift": 0.1}
+
+    base = row(0.2, 0.9) | {"base_drift": 0.0}
+    runs = {"plain/seed0": row(0.9, 0.8), "hollowed/seed0": row(0.7, 0.9),
+            "plain/seed1": row(0.5, 0.6), "hollowed/seed1": row(0.6, 0.9)}
+    s = summarize(runs, base)
+    assert s["paired_seeds"] == [0, 1]
+    # paired: (0.7 - 0.9, 0.6 - 0.5) per seed, not a difference of means of unmatched runs
+    assert s["hollowed_minus_plain"]["subject_fidelity"]["values"] == [-0.2, 0.1]
+    assert s["plain"]["subject_fidelity"]["mean"] == 0.7 and s["hollowed_minus_base"]["subject_fidelity"]["mean"] == 0.45
+
+    def result(path: Path, lr: float, seed: int) -> str:
+        q = {"model": "embedded", "steps": 300, "eval_seeds": [0, 1], "contexts": 8, "hollow": 1, "lr": lr,
+             "batch_size": 2, "base": base, "runs": {f"{m}/seed{seed}": runs[f"{m}/seed{seed}"] for m in ("plain", "hollowed")}}
+        path.write_text(json.dumps({"quality": q}))
+        return str(path)
+
+    a, b = result(tmp_path / "a.json", 5e-3, 0), result(tmp_path / "b.json", 5e-3, 1)
+    assert merge([a, b])["quality"]["stats"] == s
+    with pytest.raises(SystemExit, match="lr"):
+        merge([a, result(tmp_path / "c.json", 1e-3, 1)])

@@ -102,7 +102,7 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
         bar = gr.HTML(progress_bar(0), elem_id="pz-progress")
         with gr.Row():
             preview = gr.Image(label="Sample preview (the subject in a new context)", type="filepath",
-                               interactive=False, height=220, elem_classes=["studio-crisp"])
+                               interactive=False, height=220, elem_id="pz-preview", elem_classes=["studio-crisp"])
             out = gr.Gallery(label="Samples, loss curve, photo checks", columns=2, height=420, object_fit="contain",
                              elem_id="pz-out", elem_classes=["studio-crisp"])
 
@@ -127,27 +127,30 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
                                            priority=CHECK_PRIORITY, origin="ui")
             except StudioError as e:
                 raise gr.Error(str(e)) from None
-            return (job.id, rows, "checking…") if rows else (job.id, gr.update(), "checking…")
+            # the files refused at upload keep their verdict next to the check job's (state: job id + rows)
+            pending = {"job": job.id, "refused": rows}
+            return (pending, rows, "checking…") if rows else (pending, gr.update(), "checking…")
 
         check_btn.click(check, inputs=[files, demo, model], outputs=[check_state, verdicts, check_info])
 
-        def poll_check(jid: str | None) -> tuple[Any, ...]:
-            if not jid:
+        def poll_check(pending: dict[str, Any] | None) -> tuple[Any, ...]:
+            if not pending:
                 return gr.update(), gr.update(), gr.update(), None
+            refused = pending.get("refused") or []
             try:
-                j = services.jobs.get(jid)
+                j = services.jobs.get(pending["job"])
             except StudioError:
                 return gr.update(), gr.update(), gr.update(), None
             if j.status in ("queued", "running"):
-                return gr.update(), gr.update(), f"checking… ({j.status})", jid
+                return gr.update(), gr.update(), f"checking… ({j.status})", pending
             if j.status != "completed":
                 return gr.update(), gr.update(), fmt_job_line(j), None
             meta = j.result_meta
             rows = [[p["name"], ("✔ " if p["ok"] else "✘ ") + p["message"]] for p in meta.get("photos", [])]
             img = next((asset_file(services, a) for a in j.assets if a.kind == "image"), None)
-            note = f"{meta.get('summary', '')} — " + ("ready to train." if meta.get("enough") else
-                                                      "**at least 3 good photos are needed.**")
-            return rows, img, note, None
+            note = f"{meta.get('summary', '')}" + (f", {len(refused)} refused at upload" if refused else "") + " — " + (
+                "ready to train." if meta.get("enough") else "**at least 3 good photos are needed.**")
+            return rows + refused, img, note, None
 
         gr.Timer(1.0).tick(poll_check, inputs=check_state, outputs=[verdicts, sheet, check_info, check_state],
                            show_progress="hidden")
