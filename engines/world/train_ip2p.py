@@ -93,6 +93,21 @@ def encode(vae, imgs: np.ndarray, scale: bool) -> torch.Tensor:  # noqa: ANN001
     return z * vae.config.scaling_factor if scale else z
 
 
+def pair_latents(work: Path, vae, data: dict[str, np.ndarray], base: Path) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """(image-condition latents, target latents) [N, 8, 16, 16] each, cached next to the pairs
+    (keyed by the VAE weights' size and mtime: a retrained VAE re-encodes)."""
+    f = next((Path(base) / "vae").glob("*.safetensors"))
+    st = f.stat()
+    path = Path(work) / f"latents-{len(data['before'])}-{st.st_size}-{st.st_mtime_ns}.pt"
+    if path.exists():
+        z = torch.load(path)
+        return z["img"], z["tgt"]
+    z = {"img": encode(vae, data["before"], scale=False), "tgt": encode(vae, data["after"], scale=True)}
+    torch.save(z, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return z["img"], z["tgt"]
+
+
 def ip2p_pipeline(vae, te, tok, unet):  # noqa: ANN001, ANN201
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionInstructPix2PixPipeline
 
@@ -180,8 +195,7 @@ def train_ip2p(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, inst
     tok = load_tokenizer(base / "tokenizer")
     judge = M.load_judge(judge_dir())
     data = pair_data(work, n_data)
-    z_img = encode(vae, data["before"], scale=False)  # [N, 8, 16, 16] condition
-    z_tgt = encode(vae, data["after"], scale=True)  # [N, 8, 16, 16] target x0
+    z_img, z_tgt = pair_latents(work, vae, data, base)
     instr = [str(s) for s in data["instruction"]]
     vocab = sorted(set(instr))
     with torch.no_grad():
