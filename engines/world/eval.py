@@ -1,12 +1,21 @@
-"""WorldEval: generate from a fixed prompt set and let the judge read the images.
+"""WorldEval: generate from fixed prompt sets and let the judges read the images.
 
-Prompts are single-object scenes in the canonical wording (the judge reads the primary object
-of single-object scenes; two-object prompts would need a per-object judge). A third of them
-use (shape, colour) pairs held out of training (``generator.HELDOUT``): their accuracies are
-reported again under ``"unseen"``.
+Single objects (the original eval): 48 prompts in the canonical wording, read by the
+primary-object judge (``models.Judge``); a third use (shape, colour) pairs held out of training
+(``generator.HELDOUT``), reported again under ``"unseen"``.
+
+Compositional (GenEval's hard categories, ``compositional_set``), read by the per-object judge
+(``objjudge.ObjJudge``, every object of the image per 3×3 cell): ``two_object_acc`` (both named
+shapes present), ``attribute_binding_acc`` (each shape with its own colour),
+``attribute_binding_full_acc`` (shape, colour, size and style of both) and
+``relative_position_acc`` (both objects found and "left of"/"right of"/"above"/"below" holding
+between their cells). Each headline figure has a 95 % bootstrap interval over prompts. The
+``"paraphrase"`` block repeats everything for the same scenes and noise in wording the caption
+templates never produce, with the paired gap and the words the tokenizer does not know.
 
 ``python -m engines.world.eval [--model DIR] [--n-per-prompt N] [--steps S] [--guidance G]
-[--recon]`` prints one JSON object (``studio eval world --json`` calls ``main``).
+[--single-only] [--no-paraphrase] [--recon]`` prints one JSON object (``studio eval world --json``
+calls ``main``).
 
 Also home of the measurements training uses as gates (``judge_accuracy``, ``recon_gate``,
 ``quick_eval``): training imports them from here; this module imports nothing from training.
@@ -259,7 +268,7 @@ def unknown_words(tok, prompts: list[str]) -> dict:  # noqa: ANN001
         for w in unk:
             counts[w] = counts.get(w, 0) + 1
         n_with += bool(unk)
-        n_trunc += len(tok(p).input_ids) > tok.model_max_length
+        n_trunc += len(tok(p, verbose=False).input_ids) > tok.model_max_length
     return {"unknown_words": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
             "prompts_with_unknown_words": n_with, "truncated_prompts": n_trunc, "prompts": len(prompts)}
 
@@ -286,14 +295,22 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
     res["seen"] = _score(preds, lab_rep, [not u for u in unseen])
     ok = [all(preds[a][i] == lab_rep[i][a] for a in SCORED) for i in range(len(rep))]
     per["all_correct"] = _per_prompt(ok, n_per_prompt)
-    # the per-object judge's reading of the same single-object images (a cross-check of the two judges)
+    # The per-object judge's reading of the same single-object images: a second opinion on the
+    # primary judge, whose style head misreads generated stripes (docs/embedded-world.md).
     reads = read_scenes(objjudge, x)
-    oj = [bg == lab["background"] and any(_matches(d, {k: lab[k] for k in ("shape", "color", "size", "style",
-                                                                               "position")}) for d in dets)
-          for (bg, dets), lab in zip(reads, lab_rep)]
-    res["single_objjudge_all_correct"] = round(float(np.mean(oj)), 4)
-    res["single_judges_agree"] = round(float(np.mean([
-        a == (b and lab_rep[i]["size"] == preds["size"][i]) for i, (a, b) in enumerate(zip(oj, ok))])), 4)
+    keys = ("shape", "color", "size", "style", "position")
+    best = [max(dets, key=lambda d: sum(d.get(k) == lab[k] for k in keys), default=None)
+            for (_, dets), lab in zip(reads, lab_rep)]
+    hit = {k: [b is not None and b.get(k) == lab[k] for b, lab in zip(best, lab_rep)] for k in keys}
+    hit["background"] = [bg == lab["background"] for (bg, _), lab in zip(reads, lab_rep)]
+    oj_ok = [all(hit[k][i] for k in SCORED) for i in range(len(rep))]
+    sj = {f"{k}_acc": round(float(np.mean(v)), 4) for k, v in hit.items()}
+    sj["all_correct"] = round(float(np.mean(oj_ok)), 4)
+    sj["all_correct_ci"] = _ci(_per_prompt(oj_ok, n_per_prompt))
+    sj["all_correct_with_size"] = round(float(np.mean([o and hit["size"][i] for i, o in enumerate(oj_ok)])), 4)
+    res["single_objjudge"] = sj
+    per["single_objjudge_all_correct"] = _per_prompt(oj_ok, n_per_prompt)
+    res["single_judges_agree"] = round(float(np.mean([a == b for a, b in zip(oj_ok, ok)])), 4)
     detail: dict[str, dict] = {}
     for cat in ("pair", "pair_full", "relation"):
         cs = [c for c in cases if c.category == cat]
@@ -337,7 +354,7 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
     tok = pipe.tokenizer
 
     def fits(text: str) -> bool:
-        return len(tok(text).input_ids) <= tok.model_max_length
+        return len(tok(text, verbose=False).input_ids) <= tok.model_max_length
 
     singles = []
     for i, (sc, u) in enumerate(single_scenes(*singles_n)):
@@ -351,8 +368,8 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
         para, per_p = _compositional_block(pipe, judge, objjudge, singles, cases, "paraphrase", n_per_prompt,
                                            steps, guidance, seed, batch)
         para["tokenizer"] = unknown_words(pipe.tokenizer, [s[1] for s in singles] + [c.paraphrase for c in cases])
-        para["gap"] = {k: round(res[k] - para[k], 4) for k in _HEADLINE if k in per}
-        para["gap_ci"] = {k: _ci(np.stack([per[k], per_p[k]], 1)) for k in _HEADLINE if k in per}
+        para["gap"] = {k: round(float(per[k].mean() - per_p[k].mean()), 4) for k in per}
+        para["gap_ci"] = {k: _ci(np.stack([per[k], per_p[k]], 1)) for k in per}
         para["examples"] = [singles[0][1]] + [next(c.paraphrase for c in cases if c.category == cat)
                                               for cat in ("pair", "pair_full", "relation") if comp_n]
         res["paraphrase"] = para

@@ -125,7 +125,9 @@ def objjudge_accuracy(model: ObjJudge, images: np.ndarray, cells: np.ndarray, bg
 
 
 def train_objjudge(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, install: bool = False,
-                   n_data: int = 16000, n_recon: int = 6000, n_eval: int = 2000) -> dict:
+                   n_data: int = 16000, n_recon: int = 6000, n_eval: int = 2000, recon_share: float = 1 / 3) -> dict:
+    """``recon_share``: fraction of each batch drawn from VAE reconstructions (of the first
+    ``n_recon`` scenes). The shipped judge: 3,000 steps at 1/3, then resumed to 5,000 at 1/2."""
     torch.manual_seed(0)
     work = stage_dir(out, "objjudge")
     t0 = time.time()
@@ -148,8 +150,8 @@ def train_objjudge(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, 
         gen = torch.Generator().manual_seed(1000003 * 7 + step)  # per-step seed: resume sees the same batches
         idx = torch.randint(0, len(x_all), (BATCH,), generator=gen)
         x = x_all[idx]
-        # a third of the batch: the VAE's reconstruction of the same scene (same labels)
-        use_rec = (torch.rand(BATCH, generator=gen) < 1 / 3) & (idx < len(x_rec))
+        # part of the batch: the VAE's reconstruction of the same scene (same labels)
+        use_rec = (torch.rand(BATCH, generator=gen) < recon_share) & (idx < len(x_rec))
         if use_rec.any():
             x[use_rec] = x_rec[idx[use_rec]]
         if step % 2:  # light blur, as train_judge: generated images are a little soft
@@ -183,7 +185,9 @@ def train_objjudge(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, 
     meta = {f"accuracy_fresh_{n_eval}": acc, f"accuracy_vae_recon_{n_r}": acc_rec, "steps": steps, "batch": BATCH,
             "width": 48, "train_seconds": round(time.time() - t1, 1), "n_data": n_data, "n_recon": n_recon,
             "cells": g.CELLS, "attributes": {h: g.ATTRIBUTES[h] for h in OBJ_HEADS + ("background",)},
-            "command": f"python -m engines.world.train_objjudge --steps {steps}",
+            "recon_share_last_run": recon_share,
+            "commands": ["python -m engines.world.train_objjudge --steps 3000",
+                         "python -m engines.world.train_objjudge --resume --steps 5000 --recon-share 0.5"],
             "note": "per 3x3 cell: presence, shape, colour, size, style; plus background"}
     (dst / META_FILE).write_text(json.dumps(meta, indent=2))
     plot_loss(log, "objjudge", ["loss"], "per-object judge: summed losses", install)
@@ -211,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--install", action="store_true", help="copy the result into engines/world/weights/judge/")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--recon-share", type=float, default=1 / 3, help="fraction of each batch from VAE reconstructions")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    meta = train_objjudge(args.out or train_dir(), args.steps, args.resume, args.install)
+    meta = train_objjudge(args.out or train_dir(), args.steps, args.resume, args.install,
+                          recon_share=args.recon_share)
     print(json.dumps({k: v for k, v in meta.items() if k.startswith("accuracy")}))
     return 0
 
