@@ -114,7 +114,8 @@ def evaluate_pipeline(pipe, judge, n_per_prompt: int = 1, steps: int = 20, guida
     return res
 
 
-def seconds_per_image(pipe, texts: list[str], steps: int, guidance: float, seed: int, n: int = 3) -> float:  # noqa: ANN001
+def seconds_per_image(pipe, texts: list[str], steps: int, guidance: float, seed: int,  # noqa: ANN001
+                      n: int = 3) -> float:
     """Batch 1, CFG on, after one warm-up image."""
     _images(pipe, texts[:1], steps, guidance, seed, 1)  # warm-up
     t = time.time()
@@ -359,7 +360,8 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
     singles = []
     for i, (sc, u) in enumerate(single_scenes(*singles_n)):
         prng = np.random.default_rng([777, 99, i])
-        singles.append((g.canonical_caption(sc), _fitting(lambda: g.paraphrase_caption(sc, prng), fits), sc.labels(), u))
+        para = _fitting(lambda: g.paraphrase_caption(sc, prng), fits)  # noqa: B023 - called right here
+        singles.append((g.canonical_caption(sc), para, sc.labels(), u))
     cases = compositional_set(*comp_n, fits=fits)
     res, per = _compositional_block(pipe, judge, objjudge, singles, cases, "template", n_per_prompt, steps,
                                     guidance, seed, batch)
@@ -370,11 +372,11 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
         para["tokenizer"] = unknown_words(pipe.tokenizer, [s[1] for s in singles] + [c.paraphrase for c in cases])
         para["gap"] = {k: round(float(per[k].mean() - per_p[k].mean()), 4) for k in per}
         para["gap_ci"] = {k: _ci(np.stack([per[k], per_p[k]], 1)) for k in per}
-        para["examples"] = [singles[0][1]] + [next(c.paraphrase for c in cases if c.category == cat)
-                                              for cat in ("pair", "pair_full", "relation") if comp_n]
+        para["examples"] = [singles[0][1]] + [next((c.paraphrase for c in cases if c.category == cat), None)
+                                              for cat in ("pair", "pair_full", "relation")]
         res["paraphrase"] = para
-    res["examples"] = [singles[0][0]] + [next(c.prompt for c in cases if c.category == cat)
-                                         for cat in ("pair", "pair_full", "relation") if comp_n]
+    res["examples"] = [singles[0][0]] + [next((c.prompt for c in cases if c.category == cat), None)
+                                         for cat in ("pair", "pair_full", "relation")]
     res.update(steps=steps, guidance=guidance, n_per_prompt=n_per_prompt, seed=seed, resolution=g.SIZE,
                prompts={"single": len(singles), **{c: sum(x.category == c for x in cases)
                                                    for c in ("pair", "pair_full", "relation")}})

@@ -547,7 +547,8 @@ _PARA_POS = {
     "bottom right": ["down in the bottom-right corner", "at the lower-right"],
 }
 _PARA_BG = ["on a plain {bg} background", "against a {bg} backdrop", "set on {bg}", "; the background is {bg}"]
-_PARA_REL = {"left of": ["on the left side of", "placed left of"], "right of": ["on the right side of", "placed right of"],
+_PARA_REL = {"left of": ["on the left side of", "placed left of"],
+             "right of": ["on the right side of", "placed right of"],
              "above": ["sitting above", "placed over"], "below": ["sitting below", "placed under"]}
 
 

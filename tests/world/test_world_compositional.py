@@ -10,7 +10,7 @@ import torch
 
 from engines.world import eval as E
 from engines.world import generator as g
-from engines.world.objjudge import OBJ_HEADS, Detection, load_objjudge, read_scenes
+from engines.world.objjudge import Detection, load_objjudge, read_scenes
 from engines.world.paths import default_model_dir, judge_dir
 
 
