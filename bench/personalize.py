@@ -5,6 +5,7 @@ prompt fidelity on the embedded model, plain vs hollowed vs the untrained base.
         memory:  [--mem-steps 2] [--mem-hollow 2] [--rank 4] [--device cpu]
         quality: [--steps 300] [--lr 5e-3] [--seeds 0] [--eval-seeds 0 1] [--contexts 8] [--hollow 1]
                  [--prior-preservation off|on] [--class-images 50]
+    studio bench personalize --merge seed0.json seed1.json …   (joint statistics of per-seed runs)
 
 Memory: an SD1.5-config ``UNet2DConditionModel`` with random weights (cost does not depend on
 the values), 64×64 latents (512×512 images), batch 1, LoRA r=4 on the engine's default targets,
