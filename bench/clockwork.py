@@ -203,7 +203,8 @@ def write_profile(path: Path, model_hash: str, sampler: str, runs: list[dict[str
                 r = rows[n]
                 entry[mode] = {"period": r["period"], "loss_points": r["loss"], "speedup": r["speedup"]}
         table[str(run["steps"])] = entry
-    prof = {"model_hash": model_hash, "choices": (prof.get("choices") or {}) | {sampler: table},
+    old = prof.get("choices") or {}
+    prof = {"model_hash": model_hash, "choices": old | {sampler: (old.get(sampler) or {}) | table},
             "measured_by": "studio bench clockwork " + " ".join(argv), "date": time.strftime("%Y-%m-%d")}
     path.write_text(json.dumps(prof, indent=1))
 
