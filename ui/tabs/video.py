@@ -45,10 +45,11 @@ def build_tab(services: Services) -> None:
             demo = gr.Dropdown(demo_choices(), value=NO_DEMO, label="Demo clip", elem_id="vid-demo")
             instruction = gr.Textbox(label="Instruction", placeholder="make the circle green", elem_id="vid-instruction")
         with gr.Row():
-            text_g = gr.Slider(0, 20, 7.5, step=0.5, label="Text guidance s_T (follow the instruction)",
-                               elem_id="vid-text-guidance")
-            image_g = gr.Slider(0, 5, 1.5, step=0.1, label="Image guidance s_I (keep the input)",
-                                elem_id="vid-image-guidance")
+            # the embedded model edits best at s_T 3, s_I 2.5 (docs/video.md); SD-based IP2P models: 7.5 / 1.5
+            text_g = gr.Slider(0, 20, 3.0, step=0.5, label="Text guidance s_T (follow the instruction)",
+                               info="embedded model: 3 · SD InstructPix2Pix: 7.5", elem_id="vid-text-guidance")
+            image_g = gr.Slider(0, 5, 2.5, step=0.1, label="Image guidance s_I (keep the input)",
+                                info="embedded model: 2.5 · SD InstructPix2Pix: 1.5", elem_id="vid-image-guidance")
             steps = gr.Slider(1, 50, 10, step=1, label="Steps per frame", elem_id="vid-steps")
         with gr.Row():
             consistency = gr.Checkbox(True, label="Consistency (cross-frame attention to the first frame)",
