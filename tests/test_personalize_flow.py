@@ -98,3 +98,22 @@ def test_personalize_tab_builds(services) -> None:  # noqa: ANN001
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"pz-photos", "pz-verdicts", "pz-hollow", "pz-memory", "pz-start", "pz-use"} <= ids
     assert "16%" in memory_note(2) and "Plain" in memory_note(0)
+
+
+def test_adapter_picker_edits_the_mix_without_dropping_handed_over_adapters() -> None:
+    """Opening the Adapters section after "Use in Generate" must not wipe the personal adapter:
+    the picker only adds what the user picks and removes what the user unpicks."""
+    import json
+
+    from ui.tabs.generate import mix_entries, pick_adapters
+
+    handed = json.dumps([{"adapter": "pers", "weight": 0.8}])
+    mix, before = pick_adapters([], handed, [])  # the picker reports an empty value: nothing changes
+    assert json.loads(mix) == [{"adapter": "pers", "weight": 0.8}] and before == []
+    mix, before = pick_adapters(["style"], mix, before)
+    assert [e["adapter"] for e in json.loads(mix)] == ["pers", "style"]
+    mix, before = pick_adapters(["style", "pers"], mix, before)  # picking one already mixed keeps its weight
+    assert json.loads(mix)[0] == {"adapter": "pers", "weight": 0.8} and len(json.loads(mix)) == 2
+    mix, before = pick_adapters(["pers"], mix, before)
+    assert [e["adapter"] for e in json.loads(mix)] == ["pers"]
+    assert mix_entries("not json") == [] and mix_entries('{"a": 1}') == [] and mix_entries(None) == []

@@ -160,6 +160,27 @@ def values_from_bridge(services: Services, raw: str) -> tuple[dict[str, Any], st
     return values, f"gallery image {a.filename or a.id[:8]}"
 
 
+def mix_entries(mix: str | None) -> list[dict[str, Any]]:
+    """The adapter mix box's JSON as a list of entries; anything malformed is an empty mix."""
+    try:
+        v = json.loads(mix or "[]")
+    except ValueError:
+        return []
+    return [e for e in v if isinstance(e, dict)] if isinstance(v, list) else []
+
+
+def pick_adapters(ids: list[str] | None, mix: str | None, before: list[str] | None) -> tuple[str, list[str]]:
+    """Edit the mix by what the user changed in the picker (``before`` → ``ids``): entries
+    already in the mix (handed over from Personalize or the Gallery, or re-weighted by hand)
+    are kept; returns the new mix JSON and the picker's value to remember."""
+    ids = list(ids or [])
+    removed = set(before or []) - set(ids)
+    entries = [e for e in mix_entries(mix) if e.get("adapter") not in removed]
+    have = {e.get("adapter") for e in entries}
+    entries += [{"adapter": i, "weight": 1.0} for i in ids if i not in have]
+    return json.dumps(entries), ids
+
+
 def adapter_choices(services: Services) -> list[tuple[str, str]]:
     return [(f"{a.meta.get('name') or a.filename} ({a.meta.get('method', '?')})", a.id)
             for a in services.assets.list(kind="adapter", limit=200)]
@@ -289,7 +310,7 @@ def build_tab(services: Services, bridge: Any = None) -> None:
         for chips in chip_sets:
             chips.click(add_word, inputs=[chips, comps["prompt"]], outputs=comps["prompt"])
 
-        def check_words(prompt: str, ref: str | None) -> str:
+        def check_words(prompt: str, ref: str | None, mix: str | None = None) -> str:
             f = facts_of(services, ref or "embedded")
             if not f["vocabulary"] or not prompt.strip():
                 return ""
@@ -297,7 +318,8 @@ def build_tab(services: Services, bridge: Any = None) -> None:
 
             backgrounds = [b.split(" a ", 1)[1].removesuffix(" background") for b in f["vocabulary"]["background"]]
             notes = []
-            unknown = unknown_words(prompt, f["vocabulary"]["words"])
+            # words the mixed-in adapters were trained on (a personal subject, its class) are known too
+            unknown = [w for w in unknown_words(prompt, f["vocabulary"]["words"]) if w not in adapter_words(mix)]
             if unknown:
                 notes.append("⚠️ The embedded model does not know " + ", ".join(f"**{w}**" for w in unknown[:12])
                              + " — it will ignore " + ("it" if len(unknown) == 1 else "them") + ".")
@@ -308,8 +330,20 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                                  + ", ".join(backgrounds) + ".")
             return " ".join(notes)
 
-        comps["prompt"].change(check_words, inputs=[comps["prompt"], model], outputs=words_note,
-                               trigger_mode="always_last", show_progress="hidden")
+        for box in (comps["prompt"], comps["adapters"]):
+            box.change(check_words, inputs=[comps["prompt"], model, comps["adapters"]], outputs=words_note,
+                       trigger_mode="always_last", show_progress="hidden")
+
+        def adapter_words(mix: str | None) -> set[str]:
+            words: set[str] = set()
+            for e in mix_entries(mix):
+                try:
+                    meta = services.assets.get(str(e.get("adapter"))).meta
+                except Exception:  # noqa: BLE001 - an unknown id is reported on submit, not here
+                    continue
+                for k in ("trigger", "subject_word", "class_word"):
+                    words |= set(str(meta.get(k) or "").lower().split())
+            return words
 
         def form_params(values: dict[Any, Any]) -> dict[str, Any]:
             """The t2i params the form describes (shared by Generate and the X/Y grid)."""
@@ -410,12 +444,11 @@ def build_tab(services: Services, bridge: Any = None) -> None:
         gr.Timer(1.0).tick(poll_grid, inputs=grid_state, outputs=[grid_img, grid_info, grid_state],
                            show_progress="hidden")
 
-        def pick_adapters(ids: list[str]) -> str:
-            import json
+        picked = gr.State([])
 
-            return json.dumps([{"adapter": i, "weight": 1.0} for i in ids or []])
-
-        adapter_pick.change(pick_adapters, inputs=adapter_pick, outputs=comps["adapters"])
+        # .input: only a user's pick edits the mix (.change also fires when the section first renders)
+        adapter_pick.input(pick_adapters, inputs=[adapter_pick, comps["adapters"], picked],
+                           outputs=[comps["adapters"], picked])
         adapter_pick.focus(lambda: gr.update(choices=adapter_choices(services)), outputs=adapter_pick)
         model.focus(lambda: gr.update(choices=model_choices(services)), outputs=model)
         inputs = set(comps.values()) | {model, native, width, height}
