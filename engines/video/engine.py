@@ -14,13 +14,13 @@ from engines.video.params import VideoEditParams
 def embedded_spec() -> ModelSpec:
     """The embedded world's edit model. ``embedded`` names the t2i model everywhere else (the
     Studio resolves it to that folder); for this engine it means the InstructPix2Pix model
-    trained from it (``engines.world.train_ip2p``)."""
+    trained from it (``engines.video.train_ip2p``)."""
     from engines.world.paths import ip2p_model_dir
 
     path = ip2p_model_dir()
     if not (path / "model_index.json").is_file():
         raise ModelNotFound(f"the embedded edit model is not built at {path}; "
-                            "run `python -m engines.world.train_ip2p --install`")
+                            "run `python -m engines.video.train_ip2p --install`")
     return ModelSpec(ref="embedded", kind="embedded", path=path)
 
 

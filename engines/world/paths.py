@@ -31,5 +31,5 @@ def docs_img_dir() -> Path:
 
 def ip2p_model_dir() -> Path:
     """The embedded InstructPix2Pix model (a StableDiffusionInstructPix2PixPipeline directory),
-    the ``video-edit`` engine's ``embedded`` model; trained by ``engines.world.train_ip2p``."""
+    the ``video-edit`` engine's ``embedded`` model; trained by ``engines.video.train_ip2p``."""
     return WEIGHTS / "ip2p"

@@ -19,7 +19,7 @@ def test_widened_unet_is_the_t2i_unet_at_init() -> None:
     exactly what the t2i U-Net predicts (the IP2P starting point)."""
     from diffusers import UNet2DConditionModel
 
-    from engines.world.train_ip2p import widen_unet
+    from engines.video.train_ip2p import widen_unet
 
     base = UNet2DConditionModel.from_pretrained(default_model_dir() / "unet").eval()
     wide = widen_unet(base).eval()
@@ -39,7 +39,7 @@ def test_widened_unet_is_the_t2i_unet_at_init() -> None:
 
 
 def test_training_writes_a_loadable_pipeline_and_resumes(tmp_path: Path) -> None:
-    from engines.world.train_ip2p import train_ip2p
+    from engines.video.train_ip2p import train_ip2p
 
     r = train_ip2p(tmp_path, steps=2, eval_every=2, n_data=8, n_eval=4, batch=4)
     assert r["steps"] == 2
@@ -90,7 +90,7 @@ def test_the_shipped_model_uses_the_input_frame() -> None:
 
     from engines.world.models import load_judge
     from engines.world.paths import judge_dir
-    from engines.world.train_ip2p import edit_eval, widen_unet
+    from engines.video.train_ip2p import edit_eval, widen_unet
 
     pipe = load_ip2p(embedded_spec(), "cpu", "float32").pipe
     judge = load_judge(judge_dir())

@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from studio.catalog import engine_schema
+from studio.demos import video_demo_path, video_demos
 from studio.errors import StudioError
 from studio.wiring import Services
 from ui.common import asset_file, cancel_job, fmt_job_line, progress_bar
@@ -18,19 +19,16 @@ NO_DEMO = ""
 
 
 def demo_choices() -> list[tuple[str, str]]:
-    from engines.video.world import DEMOS, demo_instruction
-
-    return [("none: my own clip", NO_DEMO)] + [(f"{k}: {demo_instruction(k)}", k) for k in DEMOS]
+    return [("none: my own clip", NO_DEMO)] + [(f"{k}: {v}", k) for k, v in video_demos().items()]
 
 
 def demo_path(services: Services, name: str) -> Path:
     """The demo clip file, made on first use inside the UI cache (a folder Gradio may serve).
     Only the known demo names are accepted: a client never names a file."""
-    from engines.video.world import DEMOS, demo_clip
-
-    if name not in DEMOS:
-        raise gr.Error(f"unknown demo clip {name[:40]!r}")
-    return demo_clip(name, services.settings.data_dir / "ui-cache" / "video-demos")
+    try:
+        return video_demo_path(services.settings.data_dir, name)
+    except StudioError as e:
+        raise gr.Error(str(e)) from None
 
 
 def build_tab(services: Services) -> None:
@@ -75,9 +73,7 @@ def build_tab(services: Services) -> None:
         def pick_demo(name: str) -> tuple[Any, Any]:
             if not name:
                 return gr.update(), gr.update()
-            from engines.video.world import demo_instruction
-
-            return str(demo_path(services, name)), demo_instruction(name)
+            return str(demo_path(services, name)), video_demos().get(name, "")
 
         demo.input(pick_demo, inputs=demo, outputs=[original, instruction])
         original.upload(lambda _v: NO_DEMO, inputs=original, outputs=demo)

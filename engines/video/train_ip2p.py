@@ -1,6 +1,6 @@
 """The embedded InstructPix2Pix model: the world's text-to-image U-Net taught to edit.
 
-``python -m engines.world.train_ip2p [--steps N] [--max-minutes M] [--resume] [--out DIR] [--install]``
+``python -m engines.video.train_ip2p [--steps N] [--max-minutes M] [--resume] [--out DIR] [--install]``
 
 Recipe (Brooks et al., InstructPix2Pix): start from the embedded t2i U-Net
 (``engines/world/weights/sd``) with ``conv_in`` widened from 8 to 16 input channels — noisy
@@ -283,7 +283,7 @@ def train_ip2p(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, inst
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engines.world.train_ip2p", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m engines.video.train_ip2p", description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much wall time (0 = none)")
     ap.add_argument("--eval-every", type=int, default=400)
