@@ -31,7 +31,8 @@ import torch
 
 from engines.world import models as M
 from engines.world.paths import default_model_dir, ip2p_model_dir, train_dir
-from engines.world.train_common import Checkpoint, Log, install_dir, plot_loss, say, stage_dir, tokenize
+from engines.world.train_common import (Checkpoint, Log, install_dir, plot_loss, say, stage_dir, swap_in,
+                                        tokenize)
 
 DEFAULT_STEPS = 6000
 DEFAULT_PAIRS = 6000
@@ -165,12 +166,7 @@ def save_pipeline(pipe, dst: Path, half_unet: bool = False) -> None:  # noqa: AN
     if half_unet:
         f = tmp / "unet" / "diffusion_pytorch_model.safetensors"
         save_file({k: v.half() for k, v in load_file(str(f)).items()}, str(f), metadata={"format": "pt"})
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        dst.rename(old)
-    tmp.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, dst)
 
 
 def train_ip2p(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, install: bool = False,

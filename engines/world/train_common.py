@@ -134,6 +134,11 @@ def install_dir(src: Path, dst: Path, extra: dict[str, Path] | None = None) -> N
     shutil.copytree(src, tmp)
     for name, f in (extra or {}).items():
         shutil.copy(f, tmp / name)
+    swap_in(tmp, dst)
+
+
+def swap_in(tmp: Path, dst: Path) -> None:
+    """Replace the directory ``dst`` by the finished ``tmp`` (renames only: never half a model)."""
     old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():

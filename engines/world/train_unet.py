@@ -21,7 +21,7 @@ from engines.world import generator as g
 from engines.world import models as M
 from engines.world.eval import prompt_set, quick_eval, recon_gate
 from engines.world.paths import default_model_dir
-from engines.world.train_common import (Checkpoint, Log, install_dir, plot_loss, say, stage_dir, tokenize,
+from engines.world.train_common import (Checkpoint, Log, install_dir, plot_loss, say, stage_dir, swap_in, tokenize,
                                         trained_judge)
 
 DEFAULT_STEPS = 20000
@@ -46,12 +46,7 @@ def export_pipeline(pipe, dst: Path) -> None:  # noqa: ANN001
 
     write_tokenizer(tmp / "tokenizer")
     load_tokenizer(tmp / "tokenizer")  # asserts the size
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        dst.rename(old)
-    tmp.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, dst)
 
 
 def _latents(out: Path, vae, imgs: np.ndarray) -> np.ndarray:  # noqa: ANN001
