@@ -19,6 +19,8 @@ BUILTIN: dict[str, str] = {
     "adapter-train": "engines.adapters.engine:AdapterTrainEngine",
     "video-edit": "engines.video.engine:VideoEditEngine",
     "personalize": "engines.personalize.engine:PersonalizeEngine",
+    "hdri": "engines.relight.engine:HDRIEngine",
+    "relight": "engines.relight.engine:RelightEngine",
 }
 
 

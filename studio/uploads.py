@@ -56,8 +56,8 @@ def _sniff(path: Path, filename: str, *, max_image_pixels: int, max_archive_byte
     if head.startswith(b"\x89PNG\r\n\x1a\n") or head[:3] == b"\xff\xd8\xff" or \
             (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[:6] in (b"GIF87a", b"GIF89a"):
         return _image(path, max_image_pixels)
-    if head.startswith(b"#?RADIANCE") or head.startswith(b"#?RGBE"):
-        return Sniffed("hdr", "image/vnd.radiance")
+    if head.startswith((b"#?RADIANCE", b"#?RGBE", b"\x76\x2f\x31\x01")):
+        return _hdr(path, max_image_pixels)
     if head.startswith(b"ply\n") or head.startswith(b"ply\r\n"):
         return _ply(path)
     if head[:4] == b"PK\x03\x04":
@@ -72,7 +72,7 @@ def _sniff(path: Path, filename: str, *, max_image_pixels: int, max_archive_byte
         if size % 32:
             raise UploadRejected(f".splat size {size} is not a multiple of 32 bytes (truncated?)", 400)
         return Sniffed("splat", "application/octet-stream", meta={"format": "splat", "n_gaussians": size // 32})
-    raise UploadRejected("unsupported file type (accepted: png, jpeg, webp, gif, hdr, ply, splat, "
+    raise UploadRejected("unsupported file type (accepted: png, jpeg, webp, gif, hdr, exr, ply, splat, "
                          "safetensors, mp4, webm, zip)")
 
 
@@ -107,6 +107,38 @@ def _image(path: Path, max_pixels: int) -> Sniffed:
     if fmt not in IMAGE_MIMES:
         raise UploadRejected(f"unsupported image format {fmt}")
     return Sniffed("image", IMAGE_MIMES[fmt], w, h, frames if frames > 1 else None)
+
+
+def _hdr(path: Path, max_pixels: int) -> Sniffed:
+    """Radiance .hdr / OpenEXR environment maps: sized from the header before anything is
+    allocated, then decoded in full in a helper process (a truncated or malformed body fails)."""
+    from engines.relight import hdr_io
+
+    exr = open(path, "rb").read(4) == hdr_io.EXR_MAGIC
+    try:
+        w, h = (hdr_io.exr_size if exr else hdr_io.hdr_size)(path)
+    except hdr_io.HDRFormatError as e:
+        raise UploadRejected(f"invalid {'EXR' if exr else 'HDR'} file: {e}", 400) from None
+    if w * h > max_pixels:
+        raise UploadRejected(f"environment map of {w}x{h} pixels exceeds the {max_pixels} pixel limit", 413)
+    try:
+        off_process(_check_env_map, path)
+    except UploadRejected:
+        raise
+    except Exception as e:
+        raise UploadRejected(f"invalid {'EXR' if exr else 'HDR'} file: {str(e).splitlines()[0][:200]}", 400) from None
+    return Sniffed("hdr", "image/x-exr" if exr else "image/vnd.radiance", w, h, meta={"format": "exr" if exr else "hdr"})
+
+
+def _check_env_map(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from engines.relight import hdr_io
+
+    env = hdr_io.read_any(path)
+    if env.ndim != 3 or env.shape[2] != 3 or not np.isfinite(env).all():
+        raise ValueError("the map is not a finite RGB image")
+    return {"shape": list(env.shape)}
 
 
 def _ply(path: Path) -> Sniffed:

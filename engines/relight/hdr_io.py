@@ -131,6 +131,66 @@ def read_hdr(path: Path) -> np.ndarray:
     return from_rgbe(out)
 
 
+def hdr_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a Radiance header alone (cheap; refuses what read_hdr refuses)."""
+    with open(path, "rb") as f:
+        data = f.read(HEADER_LIMIT + 64)
+    if not data.startswith((b"#?RADIANCE", b"#?RGBE")):
+        raise HDRFormatError("not a Radiance HDR file")
+    head_end = data.find(b"\n\n", 0, HEADER_LIMIT)
+    if head_end < 0:
+        raise HDRFormatError("HDR header too long or unterminated")
+    line_end = data.find(b"\n", head_end + 2)
+    m = re.fullmatch(r"-Y (\d+) \+X (\d+)", data[head_end + 2:line_end if line_end > 0 else None].decode("latin-1").strip())
+    if not m:
+        raise HDRFormatError("unsupported HDR orientation (expected '-Y H +X W')")
+    return int(m.group(2)), int(m.group(1))
+
+
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+
+
+def exr_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an OpenEXR file's data window, parsed from its header by hand so a
+    hostile file is sized before the library allocates anything."""
+    with open(path, "rb") as f:
+        data = f.read(HEADER_LIMIT)
+    if not data.startswith(EXR_MAGIC):
+        raise HDRFormatError("not an OpenEXR file")
+    pos = 8
+    while True:
+        end = data.find(b"\0", pos)
+        if end < 0:
+            raise HDRFormatError("EXR header too long or truncated")
+        name = data[pos:end]
+        if not name:
+            break
+        tend = data.find(b"\0", end + 1)
+        if tend < 0 or tend + 5 > len(data):
+            raise HDRFormatError("EXR header truncated")
+        (size,) = np.frombuffer(data[tend + 1:tend + 5], "<i4")
+        start = tend + 5
+        if size < 0 or start + size > len(data):
+            raise HDRFormatError("EXR header attribute overflows the header")
+        if name == b"dataWindow" and size == 16:
+            x0, y0, x1, y1 = (int(v) for v in np.frombuffer(data[start:start + 16], "<i4"))
+            w, h = x1 - x0 + 1, y1 - y0 + 1
+            if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+                raise HDRFormatError(f"EXR size {w}x{h} outside 1..{MAX_SIDE}")
+            return w, h
+        pos = start + int(size)
+    raise HDRFormatError("EXR header has no dataWindow")
+
+
+def read_any(path: Path) -> np.ndarray:
+    """A Radiance .hdr or OpenEXR file → float32 [H, W, 3] linear radiance."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(EXR_MAGIC):
+        return read_exr(path)
+    return read_hdr(path)
+
+
 # -- OpenEXR --------------------------------------------------------------------------------
 def write_exr(path: Path, rgb: np.ndarray) -> None:
     """float32 RGB EXR (ZIP compressed) — exact round trip."""
