@@ -320,7 +320,7 @@ class AccessLayer:
                    b"x-frame-options", b"x-content-type-options", b"referrer-policy")]
         names = {k.lower() for k, _ in out}
         # the splat viewer is embedded by the Splat tab and by share pages (same origin only)
-        framable = path.startswith("/static/splat/") or (path.startswith("/s/") and path.endswith("/viewer.html"))
+        framable = path.startswith(("/static/splat/", "/static/relight/")) or (path.startswith("/s/") and path.endswith("/viewer.html"))
         ctype = next((v for k, v in out if k.lower() == b"content-type"), b"").lower()
         if b"content-security-policy" not in names:
             is_file = path.startswith(("/api/v1/assets/", "/gradio_api/file=", "/file=")) or \

@@ -7,7 +7,7 @@ import gradio as gr
 
 from studio import __version__
 from studio.wiring import Services
-from ui.tabs import adapters, gallery, generate, personalize, queue, run, splat, video
+from ui.tabs import adapters, gallery, generate, personalize, queue, relight, run, splat, video
 
 
 # Ctrl/Cmd+Enter in a prompt box presses that tab's Generate/Run button (Enter alone adds a line).
@@ -38,6 +38,7 @@ def build(services: Services) -> gr.Blocks:
             adapters.build_tab(services)
             personalize.build_tab(services, bridge, tabs)
             video.build_tab(services)
+            relight.build_tab(services)
             splat.build_tab(services)
             run.build_tab(services)
             queue.build_tab(services)

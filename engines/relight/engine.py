@@ -184,6 +184,7 @@ class RelightEngine(Engine):
                 pv = None
                 if n == 1:
                     Image.fromarray(out).save(poster)
+                    Image.fromarray(frame).save(work / "source_frame.png")  # the browser preview re-shades this
                     Image.fromarray((g.matte * 255 + 0.5).astype(np.uint8)).save(work / "matte.png")
                     Image.fromarray(normals_to_rgb(g.normals)).save(work / "normals.png")
                 if n == 1 or n % 10 == 0:
@@ -204,6 +205,7 @@ class RelightEngine(Engine):
                  "relight_fps": round(n / max(seconds, 1e-9), 2), "temporal_smoothing": p.temporal_smoothing}
         return EngineResult([Artifact(out_path, "video", "video/mp4", meta),
                              Artifact(poster, "image", "image/png", {"poster_of": "relit.mp4", "role": "poster"}),
+                             Artifact(work / "source_frame.png", "image", "image/png", {"role": "source_frame"}),
                              Artifact(work / "matte.png", "image", "image/png", {"role": "matte"}),
                              Artifact(work / "normals.png", "image", "image/png", {"role": "normals"})], meta)
 

@@ -1,0 +1,128 @@
+"""The Relight tab against a real Studio process (web + huey worker), in Debian Chromium: a user
+picks the sample portrait (a real photo), relights it, turns the light with the yaw slider and
+the WebGL preview re-shades in the browser — matching the server's render of the same yaw —
+and a web client cannot make the tab read a server file."""
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_browser import browser  # noqa: F401 - the shared Chromium fixture
+
+pytest.importorskip("skimage", reason="the sample portrait comes with scikit-image")
+
+
+def _frame(page: Any, name: str, timeout: float = 60.0) -> Any:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for f in page.frames:
+            if "preview.html" in f.url and f.name == name or (name in f.url):
+                return f
+        el = page.query_selector(f"iframe#{name}")
+        if el is not None and el.content_frame() is not None:
+            return el.content_frame()
+        time.sleep(0.2)
+    raise AssertionError(f"no iframe {name}")
+
+
+def _canvas(frame: Any) -> np.ndarray:
+    url = frame.evaluate("() => document.getElementById('portrait').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"), np.float32)
+
+
+def _server_render(url: str, job: dict[str, Any]) -> np.ndarray:
+    a = job["assets"][0]
+    r = httpx.get(f"{url}/api/v1/assets/{a['id']}")
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), np.float32)
+
+
+def _wait_job(url: str, n: int, timeout: float = 180.0) -> dict[str, Any]:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        jobs = [j for j in httpx.get(url + "/api/v1/jobs").json() if j["engine"] == "relight"]
+        if len(jobs) >= n and all(j["status"] in ("completed", "failed", "canceled") for j in jobs):
+            return max(jobs, key=lambda j: j["created_at"])
+        time.sleep(0.5)
+    raise AssertionError("relight job did not finish")
+
+
+@pytest.mark.browser
+def test_relight_the_sample_portrait_and_turn_the_light_live(studio_server, browser, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Relight").click(timeout=60000)
+    page.locator("#rl-builtin input").click()
+    page.get_by_role("option", name="studio-blue-right").click()
+    page.locator("#rl-env-status").get_by_text("studio-blue-right").wait_for(timeout=30000)
+    page.locator("#rl-sample input").click()
+    page.get_by_role("option", name="astronaut", exact=True).click()
+    page.wait_for_function("() => { const i = document.querySelector('#rl-before img'); return i && i.complete && i.naturalWidth > 0; }",
+                           timeout=60000)
+    page.locator("#rl-submit").click()
+    page.locator("#rl-status").get_by_text("completed").wait_for(timeout=180000)
+    job = _wait_job(studio_server.url, 1)
+    assert job["status"] == "completed" and job["params"]["builtin"] == "studio-blue-right"
+    assert job["result_meta"]["face_found"] is True
+    frame = _frame(page, "rl-live-frame")
+    frame.wait_for_function("() => window.__relight && (window.__relight.ready || window.__relight.error)", timeout=60000)
+    state = frame.evaluate("() => ({error: window.__relight.error, fps: window.__relight.fps})")
+    assert state["error"] is None and state["fps"] > 0, state
+    server0 = _server_render(studio_server.url, job)
+    live0 = _canvas(frame)
+    assert live0.shape == server0.shape
+    err0 = np.abs(live0 - server0).mean()
+    assert err0 < 3.0, err0  # the browser's shader is the server's formula
+    # the Gradio yaw slider drives the preview in the browser (no job, no round trip)
+    slider = page.locator("#rl-yaw input[type=range]")
+    slider.evaluate("(el) => { el.value = 90; el.dispatchEvent(new Event('input', {bubbles: true})); }")
+    frame.wait_for_function("() => Math.round(window.__relight.yaw) === 90", timeout=10000)
+    live90 = _canvas(frame)
+    assert np.abs(live90 - live0).mean() > 1.0  # the light moved
+    page.screenshot(path=str(tmp_path / "relight-tab.png"))
+    # the server's render at yaw 90 matches what the browser showed at yaw 90
+    page.locator("#rl-submit").click()
+    job90 = _wait_job(studio_server.url, 2)
+    assert job90["params"]["yaw"] == 90
+    err90 = np.abs(_server_render(studio_server.url, job90) - live90).mean()
+    assert err90 < 3.0, err90
+    page.close()
+
+
+def test_the_relight_tab_refuses_server_paths_and_unknown_samples(studio_server, tmp_path: Path) -> None:  # noqa: ANN001
+    """A server path sent as the tab's portrait file or as its sample name is refused and nothing
+    is ingested or queued; the environment cannot be named by a client at all; the preview page
+    takes asset URLs only."""
+    import hashlib
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(secret)  # a real image: only the path is wrong
+    digest = hashlib.sha256(secret.read_bytes()).hexdigest()
+    file_data = {"path": str(secret), "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}
+    attacks = {"portrait": ["", file_data], "sample as a path": [str(secret), None],
+               "sample as a traversal": ["../../../etc/passwd", None]}
+    with httpx.Client(base_url=studio_server.url, timeout=60) as c:
+        # the environment (an asset id) lives in server-side session state: no client can name it
+        params = c.get("/gradio_api/info").json()["named_endpoints"]["/relight_submit"]["parameters"]
+        assert [p["parameter_name"] for p in params] == ["name", "path", "bname", "y", "s", "m", "sm"]
+        n_before = len(c.get("/api/v1/assets", params={"limit": 1000}).json())
+        jobs_before = len(c.get("/api/v1/jobs").json())
+        for what, (sample, portrait) in attacks.items():
+            data = [sample, portrait, "sunset-left", 12, 0.8, "add", 0.4]
+            ev = c.post("/gradio_api/call/relight_submit", json={"data": data})
+            assert ev.status_code == 200, (what, ev.text[:300])
+            out = c.get(f"/gradio_api/call/relight_submit/{ev.json()['event_id']}").text
+            assert "event: error" in out, (what, out[:300])
+        assets = c.get("/api/v1/assets", params={"limit": 1000}).json()
+        jobs = c.get("/api/v1/jobs").json()
+        js = c.get("/static/relight/preview.js").text
+    assert all(a["sha256"] != digest for a in assets) and len(assets) == n_before
+    assert len(jobs) == jobs_before
+    assert "refused URL" in js and "/api\\/v1\\/assets" in js
