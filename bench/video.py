@@ -1,9 +1,10 @@
 """Video editing benchmark (issue 15): edit quality and steadiness on world clips, teacher speed,
 and memory against clip length.
 
-    studio bench video --json [--model embedded] [--clips 4] [--frames 48] [--steps 10]
+    studio bench video --json [--model embedded] [--student embedded-cfg] [--clips 4] [--frames 48] [--steps 10]
                               [--text-guidance 7.5] [--image-guidance 1.5] [--threads 1]
-                              [--mem-frames 48 480] [--mem-steps 2] [--no-quality] [--no-memory]
+                              [--speed-frames 24] [--mem-frames 48 480] [--mem-steps 2] [--no-quality]
+                              [--no-student] [--no-memory]
 
 Quality: ``--clips`` seeded world clips (``engines.video.world.world_clip(seed, frames,
 EDITABLE[seed % 4])``: colour, style, shape and background edits in turn; 64×64) are edited
@@ -18,14 +19,25 @@ judge on the exact edits (the ceiling the judge allows), ``unedited`` the scores
 the input unchanged. ``teacher_fps``: frames per second of the 3-pass guided teacher
 (``--steps`` steps, one frame at a time, ``--threads`` torch threads), per-frame mode.
 
+CFG-distilled student (``--student``: ``embedded-cfg`` = ``engines/world/weights/ip2p_cfg``, or a
+folder; ``engines.video.distill_cfg``): the same quality runs, under ``quality.cfg_distilled``,
+one U-Net pass per step. Speed (``speed``): teacher and student edit the same ``--speed-frames``
+frames alternately (frame by frame, interleaved, so both see the same machine load), per-frame
+mode, same steps and threads; ``cfg_distilled_fps`` and the ``teacher_fps`` shown next to it are
+frames per second of process CPU time (``time.process_time``: with one torch thread, what the
+other jobs on a shared box take away does not count), wall fps alongside;
+``distill_speedup`` = student fps / teacher fps from those CPU times. The top-level
+``teacher_fps`` is the interleaved CPU-time figure when the student runs, else the wall-time fps
+of the quality run.
+
 Memory: the real ``video-edit`` engine (decode → edit → H.264 encode, consistency keyframes)
 on a world clip of each length in ``--mem-frames``, each in a fresh subprocess; ``peak_mb`` is
 the process's peak RSS (``VmHWM``, reset with ``/proc/self/clear_refs`` after the model is
 loaded) over the run, ``growth_mb`` that peak minus the RSS right before the run. Memory does
 not depend on the number of denoising steps, so the memory runs use ``--mem-steps``.
 
-The CFG-distilled and one-step students are not built yet: ``cfg_distilled_fps``,
-``one_step_fps`` and ``distill_speedup`` are null, with the reason.
+The one-step (adversarially distilled) student is not built yet: ``one_step_fps`` is null, with
+the reason.
 """
 from __future__ import annotations
 
@@ -40,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_BUILT = "no CFG-distilled / one-step student yet (issue 15, step 4): nothing to time"
+ONE_STEP_NOT_BUILT = "no one-step (adversarially distilled) student yet (issue 15, step 4): nothing to time"
+NO_STUDENT = "--no-student: the CFG-distilled student was not run"
 
 
 def _rss_mb(field: str) -> float:
@@ -57,11 +70,13 @@ def _load(model: str, threads: int) -> Any:
     from engines.video.engine import embedded_spec, load_ip2p
 
     torch.set_num_threads(threads)
-    spec = embedded_spec() if model == "embedded" else ModelSpec(model, "diffusers", Path(model).resolve())
-    return load_ip2p(spec, "cpu", "float32")
+    if model in ("embedded", "embedded-cfg"):
+        variant = "distilled" if model == "embedded-cfg" else "teacher"
+        return load_ip2p(embedded_spec(variant), "cpu", "float32", variant)
+    return load_ip2p(ModelSpec(model, "diffusers", Path(model).resolve()), "cpu", "float32")
 
 
-def quality(a: argparse.Namespace) -> dict[str, Any]:
+def quality(a: argparse.Namespace, model: str) -> dict[str, Any]:
     import numpy as np
 
     from engines.video import metrics as VM
@@ -70,7 +85,7 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     from engines.world.models import load_judge
     from engines.world.paths import judge_dir
 
-    loaded = _load(a.model, a.threads)
+    loaded = _load(model, a.threads)
     judge = load_judge(judge_dir())
     clips = [world_clip(s, a.frames, EDITABLE[s % len(EDITABLE)]) for s in range(a.clips)]
 
@@ -82,8 +97,8 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
         return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
 
-    res: dict[str, Any] = {"clips": [{"seed": s, "attribute": c.attribute, "instruction": c.instruction}
-                                     for s, c in enumerate(clips)]}
+    res: dict[str, Any] = {"model": model, "clips": [{"seed": s, "attribute": c.attribute, "instruction": c.instruction}
+                                                     for s, c in enumerate(clips)]}
     res["truth_edit_success"] = mean([scores(c.after, c) for c in clips])["edit_success"]
     res["unedited"] = mean([scores(c.before, c) for c in clips])
     for name, mode in (("per_frame", "none"), ("cross_frame", "keyframes")):
@@ -102,8 +117,46 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     pf, cf = res["per_frame"], res["cross_frame"]
     res["goal_flicker_below_per_frame"] = cf["flicker"] < pf["flicker"]
     res["goal_edit_success_not_worse"] = cf["edit_success"] >= pf["edit_success"]
-    res["teacher_fps"] = pf["fps"]
     return res
+
+
+def speed(a: argparse.Namespace) -> dict[str, Any]:
+    """Teacher and student on the same frames, alternating frame by frame (same load for both),
+    per-frame mode, one frame at a time; CPU-time and wall-time fps, and U-Net calls per step."""
+    from engines.video.edit import FrameEditor
+    from engines.video.world import world_clip
+
+    models = {"teacher": _load(a.model, a.threads), "cfg_distilled": _load(a.student, a.threads)}
+    clip = world_clip(0, a.speed_frames)
+    calls = {k: 0 for k in models}
+    cpu = {k: 0.0 for k in models}
+    wall = {k: 0.0 for k in models}
+    hooks = [m.pipe.unet.register_forward_hook(lambda *_x, k=k: calls.__setitem__(k, calls[k] + 1))
+             for k, m in models.items()]
+    eds = {k: FrameEditor(m.pipe, clip.instruction, text_guidance=a.text_guidance, image_guidance=a.image_guidance,
+                          steps=a.steps, consistency="none", seed=0) for k, m in models.items()}
+    try:
+        for k, ed in eds.items():  # warm-up, not timed
+            ed.edit(clip.before[0])
+        calls = {k: 0 for k in models}
+        for f in clip.before:
+            for k, ed in eds.items():
+                c, w = time.process_time(), time.perf_counter()
+                ed.edit(f)
+                cpu[k] += time.process_time() - c
+                wall[k] += time.perf_counter() - w
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(clip.before)
+    out: dict[str, Any] = {"frames": n, "steps": a.steps}
+    for k in models:
+        out[k] = {"fps_cpu": round(n / cpu[k], 3), "fps_wall": round(n / wall[k], 3),
+                  "unet_calls_per_step": round(calls[k] / (n * a.steps), 3),
+                  "unet_batch_per_call": 1 if k == "cfg_distilled" else 3}
+    out["speedup_cpu"] = round(cpu["teacher"] / cpu["cfg_distilled"], 3)
+    out["speedup_wall"] = round(wall["teacher"] / wall["cfg_distilled"], 3)
+    return out
 
 
 def child(frames: int, model: str, steps: int, threads: int) -> dict[str, Any]:
@@ -155,12 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="studio bench video", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
     ap.add_argument("--model", default="embedded", help="'embedded' or an InstructPix2Pix diffusers folder")
+    ap.add_argument("--student", default="embedded-cfg",
+                    help="the CFG-distilled student: 'embedded-cfg' (the shipped one) or a folder")
     ap.add_argument("--clips", type=int, default=4)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--text-guidance", type=float, default=7.5)
     ap.add_argument("--image-guidance", type=float, default=1.5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed-frames", type=int, default=24, help="frames each model edits in the speed run")
+    ap.add_argument("--no-student", action="store_true", help="teacher only (no CFG-distilled figures)")
     ap.add_argument("--mem-frames", type=int, nargs="+", default=[48, 480])
     ap.add_argument("--mem-steps", type=int, default=2)
     ap.add_argument("--no-quality", action="store_true")
@@ -173,12 +230,34 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(a.child, a.model, a.mem_steps, a.threads)))
         return 0
     t0 = time.perf_counter()
-    res: dict[str, Any] = {"bench": "video", "model": a.model, "frames": a.frames, "steps": a.steps,
+    res: dict[str, Any] = {"bench": "video", "model": a.model, "student": None if a.no_student else a.student,
+                           "frames": a.frames, "steps": a.steps,
                            "text_guidance": a.text_guidance, "image_guidance": a.image_guidance, "threads": a.threads}
+    res |= {"teacher_fps": None, "cfg_distilled_fps": None, "distill_speedup": None}
     if not a.no_quality:
-        q = quality(a)
-        res |= {k: q.pop(k) for k in ("teacher_fps",)} | {"quality": q}
-    res |= {"cfg_distilled_fps": None, "one_step_fps": None, "distill_speedup": None, "distill_note": NOT_BUILT}
+        q = quality(a, a.model)
+        res["teacher_fps"] = q["per_frame"]["fps"]
+        res["quality"] = q
+        if not a.no_student:
+            s = quality(a, a.student)
+            res["quality_cfg_distilled"] = s
+            t = q
+            res["edit_success"] = {"teacher": {"per_frame": t["per_frame"]["edit_success"],
+                                               "cross_frame": t["cross_frame"]["edit_success"]},
+                                   "cfg_distilled": {"per_frame": s["per_frame"]["edit_success"],
+                                                     "cross_frame": s["cross_frame"]["edit_success"]}}
+            res["flicker"] = {"teacher": {"per_frame": t["per_frame"]["flicker"],
+                                          "cross_frame": t["cross_frame"]["flicker"]},
+                              "cfg_distilled": {"per_frame": s["per_frame"]["flicker"],
+                                                "cross_frame": s["cross_frame"]["flicker"]}}
+    if not a.no_student:
+        sp = speed(a)
+        res["speed"] = sp
+        res |= {"teacher_fps": sp["teacher"]["fps_cpu"], "cfg_distilled_fps": sp["cfg_distilled"]["fps_cpu"],
+                "distill_speedup": sp["speedup_cpu"]}
+    else:
+        res["distill_note"] = NO_STUDENT
+    res |= {"one_step_fps": None, "one_step_note": ONE_STEP_NOT_BUILT}
     if not a.no_memory:
         res["memory"] = memory(a)
     res["wall_s"] = round(time.perf_counter() - t0, 1)

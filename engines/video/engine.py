@@ -11,28 +11,42 @@ from engines.base import Artifact, Engine, EngineContext, EngineError, EngineRes
 from engines.video.params import VideoEditParams
 
 
-def embedded_spec() -> ModelSpec:
+# What ``model="embedded"`` runs when ``cfg_model="auto"``: "distilled" = the CFG-distilled student
+# (engines/world/weights/ip2p_cfg, one U-Net pass per step), "teacher" = the three-pass model.
+EMBEDDED_DEFAULT = "distilled"
+
+
+def embedded_spec(variant: str = "teacher") -> ModelSpec:
     """The embedded world's edit model. ``embedded`` names the t2i model everywhere else (the
     Studio resolves it to that folder); for this engine it means the InstructPix2Pix model
-    trained from it (``engines.video.train_ip2p``)."""
+    trained from it (``engines.video.train_ip2p``: ``variant="teacher"``) or its CFG-distilled
+    student (``engines.video.distill_cfg``: ``variant="distilled"``)."""
+    from engines.video.cfg import cfg_model_dir
     from engines.world.paths import ip2p_model_dir
 
-    path = ip2p_model_dir()
+    if variant not in ("teacher", "distilled"):
+        raise ValueError(f"variant must be 'teacher' or 'distilled', not {variant!r}")
+    path, cmd = ((cfg_model_dir(), "python -m engines.video.distill_cfg --install") if variant == "distilled"
+                 else (ip2p_model_dir(), "python -m engines.video.train_ip2p --install"))
     if not (path / "model_index.json").is_file():
-        raise ModelNotFound(f"the embedded edit model is not built at {path}; "
-                            "run `python -m engines.video.train_ip2p --install`")
+        raise ModelNotFound(f"the embedded edit model ({variant}) is not built at {path}; run `{cmd}`")
     return ModelSpec(ref="embedded", kind="embedded", path=path)
 
 
-def load_ip2p(spec: Any, device: str, dtype: str) -> Any:
+def load_ip2p(spec: Any, device: str, dtype: str, variant: str = "teacher") -> Any:
     """A LoadedPipeline holding an InstructPix2Pix pipeline (U-Net input = noisy latent + image
-    latent, 2 × the VAE's latent channels: 8 for SD), or a clear error."""
+    latent, 2 × the VAE's latent channels: 8 for SD), or a clear error. ``variant`` picks the
+    embedded model (teacher or distilled) when ``spec`` is the embedded spec. A CFG-distilled
+    student (its U-Net has a guidance embedding, ``class_embed_type="projection"``, and its folder
+    a ``cfg_distill.json``) comes back as a :class:`engines.video.cfg.CFGDistilledIP2PPipeline`:
+    same call, one U-Net pass per step."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from engines.pipelines import load_pipeline
+    from engines.video import cfg as C
 
-    if spec.kind == "embedded" and spec.path != embedded_spec().path:
-        spec = embedded_spec()
+    if spec.kind == "embedded" and spec.path != embedded_spec(variant).path:
+        spec = embedded_spec(variant)
     loaded = load_pipeline(spec, device, dtype)
     pipe = loaded.pipe
     want = 2 * pipe.vae.config.latent_channels
@@ -45,6 +59,12 @@ def load_ip2p(spec: Any, device: str, dtype: str) -> Any:
             "image_encoder")}, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         loaded.pipe = pipe
+    if C.is_student_unet(pipe.unet):
+        cfg = C.read_config(spec.path) if spec.kind != "single_file" else None
+        if cfg is None:
+            raise EngineError(f"{loaded.name}: its U-Net takes a class/guidance embedding but the folder has no "
+                              f"{C.CONFIG_NAME} (a CFG-distilled student needs it)")
+        loaded.pipe = C.as_cfg_pipeline(pipe, cfg)
     return loaded
 
 
@@ -82,10 +102,18 @@ class VideoEditEngine(Engine):
         except vio.VideoError as e:
             raise EngineError(str(e)) from None
         ctx.progress(0, 1, "loading model")
+        from engines.video.cfg import CFGDistilledIP2PPipeline
+
+        variant = EMBEDDED_DEFAULT if p.cfg_model == "auto" else p.cfg_model
         key = "ip2p"
-        if p.model == "embedded":  # cached per version of the edit model's weights (retrained → reloaded)
-            key = f"ip2p:{_weights_stamp(embedded_spec().path)}"
-        loaded = ctx.model(p.model, key, lambda spec: load_ip2p(spec, ctx.device, ctx.dtype))
+        if p.model == "embedded":  # cached per variant and version of its weights (retrained → reloaded)
+            key = f"ip2p:{variant}:{_weights_stamp(embedded_spec(variant).path)}"
+        loaded = ctx.model(p.model, key, lambda spec: load_ip2p(spec, ctx.device, ctx.dtype, variant))
+        distilled = isinstance(loaded.pipe, CFGDistilledIP2PPipeline)
+        if p.cfg_model != "auto" and distilled != (p.cfg_model == "distilled"):
+            raise EngineError(f"cfg_model={p.cfg_model!r}, but {loaded.name} is "
+                              + ("a CFG-distilled student (one pass per step)" if distilled else
+                                 "not CFG-distilled (no guidance embedding)") + "; use cfg_model='auto'")
         pipe = loaded.pipe
         short = p.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         if short % 8:
@@ -124,7 +152,8 @@ class VideoEditEngine(Engine):
             writer.close()
         seconds = time.perf_counter() - t0
         meta = {"instruction": p.instruction, "frames": n, "fps": fps, "size": list(size), "audio": info.has_audio,
-                "consistency": p.consistency, "model": loaded.name, "model_hash": loaded.model_hash,
+                "consistency": p.consistency, "model": loaded.name, "cfg_distilled": distilled,
+                "unet_passes_per_step": 1 if distilled or not (p.text_guidance > 1 and p.image_guidance >= 1) else 3, "model_hash": loaded.model_hash,
                 "edit_fps": round(n / max(seconds, 1e-9), 3)}
         return EngineResult([Artifact(out_path, "video", "video/mp4", meta),
                              Artifact(poster, "image", "image/png", {"poster_of": "edited.mp4"})], meta)

@@ -13,6 +13,10 @@ class VideoEditParams(Params):
     instruction: str = Field(..., min_length=1, max_length=500, description='what to change, e.g. "make the star yellow"')
     model: str = Field("embedded", min_length=1, description="an InstructPix2Pix-format model: 'embedded' (the "
                        "world's edit model), a registered name, a folder in the models directory, or a path")
+    cfg_model: Literal["auto", "teacher", "distilled"] = Field(
+        "auto", description="teacher = 3 U-Net passes per step (classifier-free guidance); distilled = the "
+        "CFG-distilled student, 1 pass per step with the guidance scales fed as an embedding; auto = the "
+        "distilled student for 'embedded', otherwise whatever the model folder is")
     text_guidance: float = Field(7.5, ge=0.0, le=30.0, description="s_T: how strongly to follow the instruction")
     image_guidance: float = Field(1.5, ge=0.0, le=10.0, description="s_I: how closely to keep the input frame")
     steps: int = Field(10, ge=1, le=100, description="denoising steps per frame (1 with a one-step model)")
