@@ -131,14 +131,27 @@ def speed(a: argparse.Namespace) -> dict[str, Any]:
     calls = {k: 0 for k in models}
     cpu = {k: 0.0 for k in models}
     wall = {k: 0.0 for k in models}
-    hooks = [m.pipe.unet.register_forward_hook(lambda *_x, k=k: calls.__setitem__(k, calls[k] + 1))
-             for k, m in models.items()]
+    unet_cpu = {k: 0.0 for k in models}
+    started: dict[str, float] = {}
+
+    def pre(k: str) -> Any:
+        return lambda *_x: started.__setitem__(k, time.process_time())
+
+    def post(k: str) -> Any:
+        def f(*_x: Any) -> None:
+            calls[k] += 1
+            unet_cpu[k] += time.process_time() - started[k]
+        return f
+
+    hooks = [h for k, m in models.items() for h in (m.pipe.unet.register_forward_pre_hook(pre(k)),
+                                                    m.pipe.unet.register_forward_hook(post(k)))]
     eds = {k: FrameEditor(m.pipe, clip.instruction, text_guidance=a.text_guidance, image_guidance=a.image_guidance,
                           steps=a.steps, consistency="none", seed=0) for k, m in models.items()}
     try:
         for k, ed in eds.items():  # warm-up, not timed
             ed.edit(clip.before[0])
-        calls = {k: 0 for k in models}
+        for k in models:
+            calls[k], unet_cpu[k] = 0, 0.0
         for f in clip.before:
             for k, ed in eds.items():
                 c, w = time.process_time(), time.perf_counter()
@@ -153,9 +166,11 @@ def speed(a: argparse.Namespace) -> dict[str, Any]:
     for k in models:
         out[k] = {"fps_cpu": round(n / cpu[k], 3), "fps_wall": round(n / wall[k], 3),
                   "unet_calls_per_step": round(calls[k] / (n * a.steps), 3),
+                  "unet_ms_per_step_cpu": round(1000 * unet_cpu[k] / (n * a.steps), 2),
                   "unet_batch_per_call": 1 if k == "cfg_distilled" else 3}
     out["speedup_cpu"] = round(cpu["teacher"] / cpu["cfg_distilled"], 3)
     out["speedup_wall"] = round(wall["teacher"] / wall["cfg_distilled"], 3)
+    out["unet_speedup_cpu"] = round(unet_cpu["teacher"] / unet_cpu["cfg_distilled"], 3)
     return out
 
 
