@@ -4,7 +4,10 @@ Frames are edited one at a time (streaming), so the key frame's self-attention i
 recorded per layer and per denoising step while the key frame is edited, and every later
 frame concatenates them to its own keys and values at the same layer and step. Appearance
 decided on the key frame (the new colour, texture) is then looked up rather than re-invented
-per frame, which is what keeps edits steady across frames. Cross-attention (text) layers keep
+per frame, which is what keeps edits steady across frames. Tokens are [B, N, C] with the
+pipeline's batch: 3 for a guided teacher (each guidance branch attends to its own key-frame
+branch), 1 for a CFG-distilled student; a frame whose batch differs from the recorded key frame's
+just uses its own tokens. Cross-attention (text) layers keep
 diffusers' own processor.
 """
 from __future__ import annotations

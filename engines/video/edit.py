@@ -15,7 +15,13 @@ class FrameEditor:
     U-Net for the editor's lifetime (use it as a context manager: the pipeline is shared and
     gets its own processors back): frame 0 — and every ``keyframe_every``-th frame, if set — is
     a key frame whose self-attention tokens the following frames also attend to.
-    ``check`` is called before every denoising step (raise there to cancel)."""
+    ``check`` is called before every denoising step (raise there to cancel).
+
+    ``pipe`` is a teacher (``StableDiffusionInstructPix2PixPipeline``: three U-Net passes per step,
+    batched as one call of batch 3) or a CFG-distilled student
+    (:class:`engines.video.cfg.CFGDistilledIP2PPipeline`, from ``engine.load_ip2p``: one pass of
+    batch 1, the scales fed as an embedding); the call and the parameters are the same. Cross-frame
+    attention records and matches key-frame tokens per batch row, so it works at either batch."""
 
     def __init__(self, pipe: Any, instruction: str, *, text_guidance: float = 7.5, image_guidance: float = 1.5,
                  steps: int = 10, consistency: str = "keyframes", keyframe_every: int = 0, seed: int = 0,
@@ -26,6 +32,8 @@ class FrameEditor:
         self.kw = dict(num_inference_steps=steps, guidance_scale=text_guidance, image_guidance_scale=image_guidance)
         self.consistency, self.keyframe_every, self.seed = consistency, keyframe_every, seed
         self.store = KeyFrameStore()
+        self.unet_passes_per_step = 1 if getattr(pipe, "cfg_distill", None) or not (
+            text_guidance > 1 and image_guidance >= 1) else 3
         self._old: dict[str, Any] | None = None
         self.i = 0
 

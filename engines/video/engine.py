@@ -153,7 +153,7 @@ class VideoEditEngine(Engine):
         seconds = time.perf_counter() - t0
         meta = {"instruction": p.instruction, "frames": n, "fps": fps, "size": list(size), "audio": info.has_audio,
                 "consistency": p.consistency, "model": loaded.name, "cfg_distilled": distilled,
-                "unet_passes_per_step": 1 if distilled or not (p.text_guidance > 1 and p.image_guidance >= 1) else 3, "model_hash": loaded.model_hash,
+                "unet_passes_per_step": editor.unet_passes_per_step, "model_hash": loaded.model_hash,
                 "edit_fps": round(n / max(seconds, 1e-9), 3)}
         return EngineResult([Artifact(out_path, "video", "video/mp4", meta),
                              Artifact(poster, "image", "image/png", {"poster_of": "edited.mp4"})], meta)

@@ -83,7 +83,7 @@ def test_one_unet_call_per_step(student, frames) -> None:  # noqa: ANN001
             ed.edit(frames[0])
     finally:
         h.remove()
-    assert seen == [1, 1, 1, 1]
+    assert seen == [1, 1, 1, 1] and ed.unet_passes_per_step == 1
     teacher = load_ip2p(embedded_spec("teacher"), "cpu", "float32", "teacher")
     assert not isinstance(teacher.pipe, C.CFGDistilledIP2PPipeline)
     seen, h = count_calls(teacher.pipe.unet)
@@ -92,7 +92,7 @@ def test_one_unet_call_per_step(student, frames) -> None:  # noqa: ANN001
             ed.edit(frames[0])
     finally:
         h.remove()
-    assert seen == [3, 3, 3, 3]
+    assert seen == [3, 3, 3, 3] and ed.unet_passes_per_step == 3
 
 
 def test_seeded_and_steered_by_both_scales(student, frames) -> None:  # noqa: ANN001
