@@ -181,43 +181,54 @@ def inflate_normals(matte: np.ndarray) -> np.ndarray:
 
 
 def mesh_normals(face: Face, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel normals inside the face mesh ([H, W, 3] camera frame) and its coverage [H, W]."""
-    from scipy.spatial import Delaunay
+    """Per-pixel normals inside the face mesh ([H, W, 3] camera frame) and its coverage [H, W].
+
+    Vertex normals come from the mesh's triangles (Delaunay of the landmarks in the image
+    plane); pixels get them by normalised convolution (splat each vertex normal, blur, divide
+    by the blurred weights) — the landmarks are a few pixels apart, so this equals barycentric
+    interpolation to within the blur, at a few milliseconds and with no BLAS call (scipy's
+    point location spins BLAS threads against torch's in a worker process)."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, Delaunay
 
     h, w = shape
-    lm = face.landmarks.astype(np.float64)
+    lm = face.landmarks.astype(np.float64)  # [468, 3]
     tri = Delaunay(lm[:, :2])
-    a, b, c = (lm[tri.simplices[:, i]] for i in range(3))
-    fn = np.cross(b - a, c - a)  # [T, 3]
+    a, b, c = (lm[tri.simplices[:, i]] for i in range(3))  # [T, 3] each
+    fn = np.cross(b - a, c - a)  # [T, 3] area-weighted face normals
     fn *= np.where(fn[:, 2:3] > 0, -1.0, 1.0)  # face the camera (n_z < 0)
     vn = np.zeros_like(lm)
     for i in range(3):
         np.add.at(vn, tri.simplices[:, i], fn)
-    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-9)
-    x0, y0 = np.floor(lm[:, :2].min(0)).astype(int).clip(0)
-    x1, y1 = np.ceil(lm[:, :2].max(0)).astype(int) + 1
-    x1, y1 = min(x1, w), min(y1, h)
+    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-9)  # [468, 3]
     out = np.zeros((h, w, 3), np.float32)
     out[..., 2] = -1
     cover = np.zeros((h, w), np.float32)
-    if x1 <= x0 or y1 <= y0:
+    x0, y0 = np.floor(lm[:, :2].min(0)).astype(int) - 4
+    x1, y1 = np.ceil(lm[:, :2].max(0)).astype(int) + 5
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 - x0 < 4 or y1 - y0 < 4:
         return out, cover
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    q = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)
-    s = tri.find_simplex(q)  # [P]
-    ok = s >= 0
-    T = tri.transform[s[ok]]  # barycentric transforms [P, 3, 2]
-    bary2 = np.einsum("pij,pj->pi", T[:, :2], q[ok] - T[:, 2])
-    bary = np.concatenate([bary2, 1 - bary2.sum(1, keepdims=True)], 1)  # [P, 3]
-    nn = np.einsum("pk,pkc->pc", bary, vn[tri.simplices[s[ok]]])
-    nn /= np.maximum(np.linalg.norm(nn, axis=1, keepdims=True), 1e-9)
-    flat = np.zeros((q.shape[0], 3), np.float32)
-    flat[:, 2] = -1
-    flat[ok] = nn
-    cov = np.zeros(q.shape[0], np.float32)
-    cov[ok] = 1
-    out[y0:y1, x0:x1] = flat.reshape(y1 - y0, x1 - x0, 3)
-    cover[y0:y1, x0:x1] = cov.reshape(y1 - y0, x1 - x0)
+    bh, bw = y1 - y0, x1 - x0
+    ix = np.clip(np.round(lm[:, 0] - 0.5).astype(int) - x0, 0, bw - 1)
+    iy = np.clip(np.round(lm[:, 1] - 0.5).astype(int) - y0, 0, bh - 1)
+    acc = np.zeros((bh, bw, 3))
+    wsum = np.zeros((bh, bw))
+    np.add.at(acc, (iy, ix), vn)
+    np.add.at(wsum, (iy, ix), 1.0)
+    side = max(bw, bh)
+    sigma = max(side / 50.0, 0.8)  # about the landmarks' spacing: fills the gaps, keeps the nose and lips
+    wb = ndimage.gaussian_filter(wsum, sigma)
+    nb = np.stack([ndimage.gaussian_filter(acc[..., k], sigma) for k in range(3)], -1)
+    nb /= np.maximum(np.linalg.norm(nb, axis=-1, keepdims=True), 1e-9)
+    from PIL import ImageDraw
+
+    hull = lm[ConvexHull(lm[:, :2]).vertices, :2] - (x0, y0)  # [K, 2] outline
+    mask = Image.new("L", (bw, bh), 0)
+    ImageDraw.Draw(mask).polygon([tuple(p) for p in hull], fill=255)
+    m = (np.asarray(mask) > 127) & (wb > 1e-6)
+    out[y0:y1, x0:x1][m] = nb[m]
+    cover[y0:y1, x0:x1] = m
     return out, cover
 
 
@@ -229,11 +240,19 @@ def portrait_normals(matte: np.ndarray, face: Face | None) -> np.ndarray:
     from scipy import ndimage
 
     fn, cover = mesh_normals(face, matte.shape)
+    ys, xs = np.nonzero(cover)
+    if not len(ys):
+        return body
     side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
-    feather = ndimage.gaussian_filter(ndimage.binary_erosion(cover > 0, iterations=max(1, int(side * 0.04))).astype(np.float32),
-                                      sigma=max(side * 0.04, 1.0))[..., None]
-    n = body * (1 - feather) + fn * feather
-    return (n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-9)).astype(np.float32)
+    pad = int(side * 0.2) + 4  # the feather works on the face's box only
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, cover.shape[0])
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, cover.shape[1])
+    inner = ndimage.binary_erosion(cover[y0:y1, x0:x1] > 0, iterations=max(1, int(side * 0.04)))
+    feather = ndimage.gaussian_filter(inner.astype(np.float32), sigma=max(side * 0.04, 1.0))[..., None]
+    n = body.copy()
+    blend = body[y0:y1, x0:x1] * (1 - feather) + fn[y0:y1, x0:x1] * feather
+    n[y0:y1, x0:x1] = blend / np.maximum(np.linalg.norm(blend, axis=-1, keepdims=True), 1e-9)
+    return n.astype(np.float32, copy=False)
 
 
 def normals_to_rgb(normals: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.relight.sphere import irradiance_sh, rotate_yaw
+from engines.relight.sphere import irradiance_sh
 
 
 def camera_to_env(normals_cam: np.ndarray) -> np.ndarray:
@@ -38,13 +38,14 @@ def shade(image: np.ndarray, normals_cam: np.ndarray, matte: np.ndarray, coeffs:
         lin = srgb_to_linear(np.clip(image, 0, 1)).astype(np.float32)
     if exposure is None:
         exposure = 1.0 / max(reference_irradiance(coeffs), 1e-9)
-    e = irradiance_yaw(coeffs * exposure, normals_cam, yaw)  # [H, W, 3]
-    np.maximum(e, 0, out=e)
-    a = np.clip(matte, 0, 1).astype(np.float32)[..., None] * strength
-    if mode == "add":
-        out = lin * (1 + a * e)
-    else:
-        out = lin * (1 + a * (e - 1))
+    a = np.clip(matte, 0, 1).astype(np.float32) * strength  # [H, W]
+    m = a > 1e-4  # shade only where light is added (the background stays as it is)
+    out = lin.copy() if lin.dtype == np.float32 else lin.astype(np.float32)
+    if m.any():
+        e = irradiance_yaw(coeffs * exposure, np.asarray(normals_cam, np.float32)[m], yaw)  # [P, 3]
+        np.maximum(e, 0, out=e)
+        am, lm = a[m][:, None], out[m]
+        out[m] = lm * (1 + am * e) if mode == "add" else lm * (1 + am * (e - 1))
     return linear_to_srgb_u8(out)
 
 

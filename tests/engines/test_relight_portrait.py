@@ -47,8 +47,15 @@ def test_astronaut_matte_face_and_normals(models) -> None:  # noqa: ANN001
     assert lm[:, 2].argmin() in (1, 4, 5, 195, 197) or lm[1, 2] < np.percentile(lm[:, 2], 5)
     n = g.normals
     assert np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-3)
-    cy, cx = int(lm[1, 1]), int(lm[1, 0])
-    assert n[cy - 3:cy + 3, cx - 3:cx + 3, 2].mean() < -0.7  # the nose faces the camera
+    tip = lm[lm[:, 2].argmin()]  # the closest point of the face: the nose tip
+    cy, cx = int(tip[1]), int(tip[0])
+    assert n[cy - 1:cy + 2, cx - 1:cx + 2, 2].mean() < -0.85  # it faces the camera
+    assert n[cy - 12:cy - 8, cx - 1:cx + 2, 1].mean() < -0.3  # the bridge above it slopes up (−y: up)
+    assert n[cy + 4:cy + 8, cx - 1:cx + 2, 1].mean() > 0.5  # the underside looks down
+    inside = (np.abs(n[..., 2]) > 0) & (g.matte > 0.5)
+    ys, xs = np.mgrid[:512, :512]
+    face = inside & (xs > x0) & (xs < x1) & (ys > y0) & (ys < y1)
+    assert np.median(n[face][:, 2]) < -0.6 and abs(n[face][:, 0].mean()) < 0.15  # a frontal face: toward the camera, symmetric
     left = lm[234].astype(int)  # the outline on the image's left side
     right = lm[454].astype(int)
     assert n[left[1], left[0] + 2, 0] < -0.2 and n[right[1], right[0] - 2, 0] > 0.2  # cheeks turn outward
