@@ -76,16 +76,19 @@ class PortraitModels:
     """The three interpreters, loaded once per worker (the engine caches this object)."""
 
     def __init__(self, folder: Path = WEIGHTS, threads: int = 1) -> None:
+        import threading
+
+        self.lock = threading.Lock()  # an interpreter is not thread-safe; a worker may run jobs in threads
         self.seg = _interpreter(folder / FILES["segment"], threads)
         self.det = _interpreter(folder / FILES["detect"], threads)
         self.mesh = _interpreter(folder / FILES["mesh"], threads)
         self.anchors = _anchors()
 
-    @staticmethod
-    def _run(it, x: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
-        it.set_tensor(it.get_input_details()[0]["index"], x[None].astype(np.float32))
-        it.invoke()
-        return [it.get_tensor(o["index"])[0] for o in it.get_output_details()]
+    def _run(self, it, x: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
+        with self.lock:
+            it.set_tensor(it.get_input_details()[0]["index"], x[None].astype(np.float32))
+            it.invoke()
+            return [it.get_tensor(o["index"])[0].copy() for o in it.get_output_details()]
 
     # -- segmentation ----------------------------------------------------------------------
     def segment(self, rgb: np.ndarray) -> np.ndarray:
