@@ -14,7 +14,7 @@ def build_tab(services: Services, demo: gr.Blocks, bridge: Any = None, tabs: Any
     with gr.Tab("Gallery", id="gallery"):
         with gr.Row():
             query = gr.Textbox(label="Search (prompt text, file name or asset id)", elem_id="gallery-search", scale=4)
-            kind = gr.Dropdown(["all", "image", "video", "splat", "safetensors", "archive", "json"], value="image",
+            kind = gr.Dropdown(["all", "image", "video", "hdr", "splat", "safetensors", "archive", "json"], value="image",
                                label="Kind", scale=1)
             refresh_btn = gr.Button("Refresh", scale=1)
         ids = gr.State([])
