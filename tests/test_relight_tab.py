@@ -126,3 +126,47 @@ def test_the_relight_tab_refuses_server_paths_and_unknown_samples(studio_server,
     assert all(a["sha256"] != digest for a in assets) and len(assets) == n_before
     assert len(jobs) == jobs_before
     assert "refused URL" in js and "/api\\/v1\\/assets" in js
+
+
+@pytest.mark.browser
+def test_describe_the_light_see_the_panorama_and_relight_with_it(studio_server, browser) -> None:  # noqa: ANN001, F811
+    """The issue's flow: type "sunset behind me on the left", see the panorama (draggable) and
+    its lit sphere, then relight the sample portrait with that map."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(studio_server.url + "/", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Relight").click(timeout=60000)
+    page.locator("#rl-prompt textarea").fill("sunset behind me on the left")
+    page.locator("#rl-steps input[type=number]").fill("8")
+    page.locator("#rl-steps input[type=number]").press("Tab")
+    page.locator("#rl-generate").click()
+    page.locator("#rl-env-status").get_by_text("Dominant light").wait_for(timeout=240000)
+    page.wait_for_function("() => { const i = document.querySelector('#rl-pano img'); return i && i.naturalWidth > 0; }",
+                           timeout=60000)
+    pano = _frame(page, "rl-pano-frame")
+    pano.wait_for_function("() => window.__relight && (window.__relight.ready || window.__relight.error)", timeout=60000)
+    assert pano.evaluate("() => window.__relight.error") is None
+    # dragging turns the view
+    box = page.locator("#rl-pano-frame").bounding_box()
+    before = pano.evaluate("() => document.getElementById('pano').toDataURL()")
+    frames0 = pano.evaluate("() => window.__relight.frames")
+    cx, cy = box["x"] + 200, box["y"] + 150
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 120, cy + 10, steps=6)
+    page.mouse.up()
+    pano.wait_for_function(f"() => window.__relight.frames > {frames0}", timeout=10000)
+    assert pano.evaluate("() => document.getElementById('pano').toDataURL()") != before
+    hdri = next(j for j in httpx.get(studio_server.url + "/api/v1/jobs").json() if j["engine"] == "hdri")
+    assert hdri["status"] == "completed" and hdri["params"]["prompt"] == "sunset behind me on the left"
+    kinds = sorted(a["kind"] for a in hdri["assets"])
+    assert kinds.count("hdr") == 2 and kinds.count("image") == 2
+    # relight the sample with the generated map
+    n_before = len([j for j in httpx.get(studio_server.url + "/api/v1/jobs").json() if j["engine"] == "relight"])
+    page.locator("#rl-sample input").click()
+    page.get_by_role("option", name="astronaut", exact=True).click()
+    page.locator("#rl-submit").click()
+    job = _wait_job(studio_server.url, n_before + 1)
+    assert job["status"] == "completed", job.get("error")
+    hdr_ids = {a["id"] for a in hdri["assets"] if a["kind"] == "hdr"}
+    assert job["params"].get("environment") in hdr_ids
+    page.close()

@@ -83,6 +83,7 @@ def build_tab(services: Services) -> None:
                 portrait = gr.File(label="Portrait photo or clip (png, jpeg, webp, mp4, webm)",
                                    file_types=["image", "video"], elem_id="rl-portrait", height=90)
                 before = gr.Image(label="Before", type="filepath", interactive=False, height=300, elem_id="rl-before")
+                before_video = gr.Video(label="Original clip", interactive=False, height=300, elem_id="rl-before-video")
             with gr.Column():
                 yaw = gr.Slider(-180, 180, 0, step=1, label="Yaw: turn the light around the subject (°)",
                                 elem_id="rl-yaw")
@@ -169,18 +170,21 @@ def build_tab(services: Services) -> None:
                            show_progress="hidden")
 
         # -- portrait --------------------------------------------------------------------------
-        def pick_sample(name: str) -> Any:
+        def pick_sample(name: str) -> tuple[Any, Any]:
             if not name:
-                return gr.update()
+                return gr.update(), gr.update()
             try:
                 p = portrait_demo_path(services.settings.data_dir, name)
             except StudioError as e:
                 raise gr.Error(str(e)) from None
-            return str(p) if p.suffix == ".png" else None
+            return (str(p), None) if p.suffix == ".png" else (None, str(p))
 
-        sample.input(pick_sample, inputs=sample, outputs=before)
-        portrait.upload(lambda p: ("", p if p and Path(p).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else None),
-                        inputs=portrait, outputs=[sample, before])
+        def show_upload(p: str | None) -> tuple[str, Any, Any]:
+            still = bool(p) and Path(p).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+            return "", (p if still else None), (p if p and not still else None)
+
+        sample.input(pick_sample, inputs=sample, outputs=[before, before_video])
+        portrait.upload(show_upload, inputs=portrait, outputs=[sample, before, before_video])
 
         def submit(name: str, path: str | None, env: dict[str, Any], bname: str, y: float, s: float, m: str,
                    sm: float) -> tuple[Any, str]:
