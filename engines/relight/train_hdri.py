@@ -1,0 +1,273 @@
+"""Train the embedded text → 360° HDR panorama model (``engines.relight.hdri_model``) on CPU.
+
+    python -m engines.relight.train_hdri [--resume] [--out DIR] [--scenes N] [--ae-steps N]
+        [--dm-steps N] [--ae-minutes M] [--dm-minutes M] [--no-install]
+
+Stages (each checkpoints into ``<out>/<stage>/state.pt``; ``--resume`` continues from them):
+
+1. ``data``: ``--scenes`` envworld maps (seeds ``seed·10⁶ + i``, below the held-out eval
+   seeds), rendered at 128×64 with 4× supersampling, PQ-encoded (float16) + metadata.
+2. ``ae``: the PQ autoencoder — L1 in PQ with extra weight on emitters (codes > 0.5) so a
+   2° sun keeps its peak; random azimuth rolls and mirror flips.
+3. ``latents``: every map and its mirror image encoded once; ``latent_scale`` = 1/std.
+4. ``dm``: U-Net + text encoder, v-prediction DDPM loss, latents rolled by whole latent columns
+   (exact for the circular AE: 8 px = 22.5°) with the captions re-worded for the rotated
+   lights; half of the captions are paraphrases; 10 % dropped to "" for classifier-free
+   guidance; EMA weights are shipped.
+
+Then the model is written (fp16 safetensors + config.json with provenance) into a temporary
+directory and swapped into ``engines/relight/weights/hdri`` atomically (``--no-install`` keeps it
+in ``<out>/model``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.relight import envworld, pq
+from engines.relight import hdri_model as M
+from engines.world.train_common import Checkpoint, Log, say, swap_in
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("STUDIO_DATA_DIR") or Path.home() / ".studio").expanduser() / "hdri-train"
+
+
+# -- data ------------------------------------------------------------------------------------
+def make_data(work: Path, n: int, seed: int) -> tuple[np.ndarray, list[dict]]:
+    f, mf = work / "data.npy", work / "meta.json"
+    if f.exists() and mf.exists():
+        metas = json.loads(mf.read_text())
+        if len(metas) == n:
+            return np.load(f), metas
+    say(f"rendering {n} envworld maps")
+    data = np.zeros((n, 3, M.NATIVE_H, M.NATIVE_W), np.float16)
+    metas = []
+    for i in range(n):
+        s = seed * 1_000_000 + i
+        rng = np.random.default_rng(s)
+        scene = envworld.sample_scene(rng)
+        scene.seed = s
+        img = envworld.render(scene, M.NATIVE_W, supersample=4)
+        data[i] = pq.encode(img.astype(np.float64)).transpose(2, 0, 1)
+        metas.append(scene.meta())
+        if (i + 1) % 1000 == 0:
+            say(f"  {i + 1}/{n}")
+    np.save(work / "data.tmp.npy", data)
+    (work / "data.tmp.npy").replace(f)
+    mf.write_text(json.dumps(metas))
+    return data, metas
+
+
+# -- stages ----------------------------------------------------------------------------------
+def lr_at(step: int, total: int, base: float, warm: int = 100) -> float:
+    if step < warm:
+        return base * (step + 1) / warm
+    p = min(1.0, (step - warm) / max(1, total - warm))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def ae_loss(ae: M.PQAutoencoder, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    z = ae.encode(x)
+    y = ae.decode(z)
+    w = 1.0 + 8.0 * (x > 0.5).float()  # emitters: the sun/moon/lamps must keep their peak code
+    l1 = (w * (y - x).abs()).mean()
+    reg = 1e-4 * z.pow(2).mean()
+    d = (y - x).detach().abs()
+    return l1 + reg, {"l1": float(d.mean()), "bright": float(d[x > 0.5].mean())
+                      if bool((x > 0.5).any()) else 0.0}
+
+
+def train_ae(work: Path, data: np.ndarray, cfg: dict, steps: int, minutes: float, batch: int, resume: bool,
+             seed: int) -> M.PQAutoencoder:
+    torch.manual_seed(seed)
+    ae = M.PQAutoencoder(tuple(cfg["ae_channels"]), cfg["latent_channels"])
+    opt = torch.optim.AdamW(ae.parameters(), lr=2e-3, weight_decay=0.0)
+    ck = Checkpoint(work, ae=ae, opt=opt)
+    st = ck.resume(resume)
+    step = st["step"]
+    if st.get("done"):
+        return ae.eval()
+    log = Log(work / "log.csv", ["step", "loss", "l1", "bright", "lr"])
+    rng = np.random.default_rng(seed + step)
+    t0 = time.time()
+    while step < steps and time.time() - t0 < minutes * 60:
+        idx = rng.integers(len(data), size=batch)
+        x = torch.from_numpy(data[idx].astype(np.float32))
+        x = torch.roll(x, int(rng.integers(M.NATIVE_W)), dims=3)
+        if rng.random() < 0.5:
+            x = x.flip(3)
+        lr = lr_at(step, steps, 2e-3)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, parts = ae_loss(ae, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            log.row(step=step, loss=float(loss), lr=lr, **parts)
+        if step % 50 == 0:
+            say(f"ae {step}/{steps} loss {float(loss):.4f} l1 {parts['l1']:.4f} bright {parts['bright']:.4f}")
+        if step % 100 == 0:
+            ck.save(step)
+    ck.save(step, done=True)
+    say(f"ae done at step {step}")
+    return ae.eval()
+
+
+@torch.no_grad()
+def encode_all(work: Path, ae: M.PQAutoencoder, data: np.ndarray) -> torch.Tensor:
+    f = work / "latents.pt"
+    if f.exists():
+        z = torch.load(f)
+        if len(z) == 2 * len(data):
+            return z
+    say("encoding latents")
+    out = []
+    for i in range(0, len(data), 64):
+        x = torch.from_numpy(data[i:i + 64].astype(np.float32))
+        out.append(torch.stack([ae.encode(x), ae.encode(x.flip(3))], 1))  # [b, 2, C, h, w]
+    z = torch.cat(out).flatten(0, 1)  # even: original, odd: mirrored
+    torch.save(z, work / "latents.tmp.pt")
+    (work / "latents.tmp.pt").replace(f)
+    return z
+
+
+def train_dm(work: Path, lat: torch.Tensor, metas: list[dict], cfg: dict, steps: int, minutes: float, batch: int,
+             resume: bool, seed: int) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    unet = M.build_unet(cfg)
+    text = M.WordTextEncoder(len(cfg["vocab"]) + 2, layers=cfg["text_layers"])
+    ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    ck = Checkpoint(work, unet=unet, text=text, ema_u=ema_u, ema_t=ema_t, opt=opt)
+    st = ck.resume(resume)
+    step = st["step"]
+    if st.get("done"):
+        return ema_u, ema_t, step
+    tok = M.WordTokenizer(cfg["vocab"])
+    sched = DDPMScheduler(**cfg["scheduler"])
+    metas_f = [M.transform_meta(m, 0.0, True) for m in metas]
+    wl = cfg["latent_w"]
+    log = Log(work / "log.csv", ["step", "loss", "lr"])
+    rng = np.random.default_rng(seed + 7919 * step + 1)
+    t0 = time.time()
+    run = 0.0
+    while step < steps and time.time() - t0 < minutes * 60:
+        idx = rng.integers(len(lat), size=batch)
+        shifts = rng.integers(wl, size=batch)
+        x0 = torch.stack([torch.roll(lat[i], int(k), dims=2) for i, k in zip(idx, shifts)])
+        caps = []
+        for i, k in zip(idx, shifts):
+            meta = (metas_f if i % 2 else metas)[i // 2]
+            meta = M.transform_meta(meta, 2 * math.pi * int(k) / wl, False)
+            caps.append("" if rng.random() < 0.1 else M.describe(meta, rng, 0.5))
+        ids = tok(caps)
+        noise = torch.randn_like(x0)
+        t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, size=batch)).long()
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t)
+        lr = lr_at(step, steps, 1e-3, warm=150)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = unet(xt, t, encoder_hidden_states=text(ids)).sample
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        d = min(0.998, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, m in ((ema_u, unet), (ema_t, text)):
+                for pe, pm in zip(e.parameters(), m.parameters()):
+                    pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+        run = 0.98 * run + 0.02 * float(loss) if step > 1 else float(loss)
+        if step % 20 == 0:
+            log.row(step=step, loss=float(loss), lr=lr)
+        if step % 100 == 0:
+            say(f"dm {step}/{steps} loss {run:.4f} ({(time.time() - t0) / 60:.1f} min)")
+        if step % 200 == 0:
+            ck.save(step)
+    ck.save(step, done=step >= steps)
+    say(f"dm stopped at step {step}")
+    return ema_u, ema_t, step
+
+
+# -- export ----------------------------------------------------------------------------------
+def export(dst: Path, cfg: dict, ae: torch.nn.Module, unet: torch.nn.Module, text: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, m in (("ae", ae), ("unet", unet), ("text", text)):
+        save_file({k: v.detach().half().contiguous() for k, v in m.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    swap_in(tmp, dst)
+    say(f"installed {dst} ({sum(f.stat().st_size for f in dst.iterdir()) / 1e6:.2f} MB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=default_out())
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scenes", type=int, default=4000)
+    ap.add_argument("--ae-steps", type=int, default=650)
+    ap.add_argument("--ae-minutes", type=float, default=13)
+    ap.add_argument("--ae-batch", type=int, default=16)
+    ap.add_argument("--dm-steps", type=int, default=3300)
+    ap.add_argument("--dm-minutes", type=float, default=42)
+    ap.add_argument("--dm-batch", type=int, default=32)
+    ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("--dest", type=Path, default=M.DEFAULT_DIR)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    t_start = time.time()
+    out = Path(a.out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    data, metas = make_data(out / "data", a.scenes, a.seed)
+    cfg = M.default_config(M.build_vocab())
+    (out / "ae").mkdir(exist_ok=True)
+    ae = train_ae(out / "ae", data, cfg, a.ae_steps, a.ae_minutes, a.ae_batch, a.resume, a.seed)
+    ae.requires_grad_(False)
+    lat = encode_all(out / "ae", ae, data)
+    scale = float(1.0 / lat.std())
+    cfg["latent_scale"] = scale
+    (out / "dm").mkdir(exist_ok=True)
+    unet, text, dm_steps = train_dm(out / "dm", lat * scale, metas, cfg, a.dm_steps, a.dm_minutes, a.dm_batch,
+                                    a.resume, a.seed)
+    cfg["provenance"] = {
+        "trained_by": "python -m engines.relight.train_hdri", "date": dt.datetime.now(dt.timezone.utc).isoformat(
+            timespec="seconds"), "seed": a.seed, "data": f"{a.scenes} envworld maps (seeds {a.seed}·10⁶ + i), "
+        f"{M.NATIVE_W}×{M.NATIVE_H}, PQ; azimuth rolls, mirror flips, paraphrased captions",
+        "ae_steps": a.ae_steps, "ae_batch": a.ae_batch, "dm_steps": dm_steps, "dm_steps_planned": a.dm_steps,
+        "dm_batch": a.dm_batch, "wall_minutes_this_run": round((time.time() - t_start) / 60, 1),
+        "eval_seeds": f"held out: ≥ {M.EVAL_SEED_BASE}",
+    }
+    dst = out / "model" if a.no_install else a.dest
+    export(dst, cfg, ae, unet, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
