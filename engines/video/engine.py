@@ -13,7 +13,10 @@ from engines.video.params import VideoEditParams
 
 # What ``model="embedded"`` runs when ``cfg_model="auto"``: "distilled" = the CFG-distilled student
 # (engines/world/weights/ip2p_cfg, one U-Net pass per step), "teacher" = the three-pass model.
-EMBEDDED_DEFAULT = "distilled"
+# The teacher: the shipped student's held-out edit_success is 12.5 points below the teacher's at
+# s_T 3 / s_I 2.5 (0.17 vs 0.30; docs/video.md), outside the 10 points that would make it the
+# default. ``cfg_model="distilled"`` picks it.
+EMBEDDED_DEFAULT = "teacher"
 
 
 def embedded_spec(variant: str = "teacher") -> ModelSpec:

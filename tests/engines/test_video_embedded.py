@@ -9,7 +9,7 @@ import torch
 
 from engines.base import EngineContext, ModelSpec
 from engines.video import io as vio
-from engines.video.engine import VideoEditEngine, embedded_spec, load_ip2p
+from engines.video.engine import EMBEDDED_DEFAULT, VideoEditEngine, embedded_spec, load_ip2p
 from engines.video.params import VideoEditParams
 from engines.world.paths import default_model_dir, ip2p_model_dir
 
@@ -78,6 +78,7 @@ def test_embedded_is_the_default_model_of_video_edit(tmp_path: Path) -> None:
     (tmp_path / "work").mkdir()
     res = VideoEditEngine().run(p, EngineContext(work_dir=tmp_path / "work", load_model=load))
     assert seen and res.meta["model"] == "embedded-world" and res.meta["frames"] == 4
+    assert res.meta["cfg_distilled"] == (EMBEDDED_DEFAULT == "distilled")  # cfg_model="auto"
     info = vio.probe(next(a.path for a in res.artifacts if a.kind == "video"))
     assert (info.width, info.height) == (64, 64)
     assert embedded_spec().path == ip2p_model_dir()
