@@ -7,7 +7,7 @@ the sky is a code near 0.9 next to a sky near 0.2 instead of a number 10³ times
 * ``PQAutoencoder`` — a small convolutional autoencoder on PQ maps (3 × 64 × 128 →
   8 × 8 × 16 latents, 8× down).
 * a tiny ``diffusers.UNet2DConditionModel`` (the same code shape as Stable Diffusion) over
-  those latents, cross-attending to ``WordTextEncoder`` states: a word tokenizer (vocabulary
+  those latents (plus 3 azimuth/elevation coordinate channels, ``coord_map``), cross-attending to ``WordTextEncoder`` states: a word tokenizer (vocabulary
   = the envworld caption words and their paraphrases; unknown words are dropped, never an
   error) and a 2-layer transformer. Classifier-free guidance (trained with caption dropout);
   the negative prompt is the unconditional branch.
@@ -175,7 +175,7 @@ def build_unet(cfg: dict[str, Any]):  # noqa: ANN201 - diffusers type
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
-        sample_size=(cfg["latent_h"], cfg["latent_w"]), in_channels=cfg["latent_channels"],
+        sample_size=(cfg["latent_h"], cfg["latent_w"]), in_channels=cfg["latent_channels"] + COORD_CHANNELS,
         out_channels=cfg["latent_channels"],
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -183,6 +183,26 @@ def build_unet(cfg: dict[str, Any]):  # noqa: ANN201 - diffusers type
         attention_head_dim=8, norm_num_groups=8, addition_embed_type="text", addition_embed_type_num_heads=4,
     )
     return make_seamless(unet)
+
+
+COORD_CHANNELS = 3
+
+
+def coord_map(h: int, w: int) -> torch.Tensor:
+    """(1, 3, h, w): sin φ, cos φ (azimuth) and cos θ (= sin elevation) at the cell centres, in
+    the ``sphere`` frame. Circular padding makes the convolutions blind to absolute azimuth
+    (a roll of the input just rolls the output), so without these channels the U-Net could not
+    put a light "on my left"; sin/cos wrap, so they add no seam."""
+    theta = math.pi * (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    phi = 2 * math.pi * ((torch.arange(w, dtype=torch.float32) + 0.5) / w - 0.5)
+    return torch.stack([torch.sin(phi)[None].expand(h, w), torch.cos(phi)[None].expand(h, w),
+                        torch.cos(theta)[:, None].expand(h, w)])[None]
+
+
+def with_coords(lat: torch.Tensor) -> torch.Tensor:
+    """The U-Net's input: latents plus the coordinate channels."""
+    c = coord_map(lat.shape[2], lat.shape[3]).to(lat.device, lat.dtype)
+    return torch.cat([lat, c.expand(lat.shape[0], -1, -1, -1)], 1)
 
 
 def scheduler_config() -> dict[str, Any]:
@@ -405,7 +425,7 @@ class HDRIModel:
         for i, t in enumerate(sched.timesteps):
             if is_cancelled is not None and is_cancelled():
                 raise GenerationCancelled(f"cancelled at step {i}/{steps}")
-            x = sched.scale_model_input(torch.cat([lat, lat]), t)
+            x = with_coords(sched.scale_model_input(torch.cat([lat, lat]), t))
             out = self.unet(x, t, encoder_hidden_states=emb).sample
             u, cnd = out.chunk(2)
             lat = sched.step(u + guidance_scale * (cnd - u), t, lat).prev_sample

@@ -10,6 +10,8 @@ Stages (each checkpoints into ``<out>/<stage>/state.pt``; ``--resume`` continues
 2. ``ae``: the PQ autoencoder — L1 in PQ with extra weight on emitters (codes > 0.5) so a
    2° sun keeps its peak; random azimuth rolls and mirror flips.
 3. ``latents``: every map and its mirror image encoded once; ``latent_scale`` = 1/std.
+   ``dec``: the decoder alone is fine-tuned (encoder frozen, latents unchanged) to restore
+   emitter peaks: a separate L1 on bright pixels and on each map's peak code.
 4. ``dm``: U-Net + text encoder, v-prediction DDPM loss, latents rolled by whole latent columns
    (exact for the circular AE: 8 px = 22.5°) with the captions re-worded for the rotated
    lights; half of the captions are paraphrases; 10 % dropped to "" for classifier-free
@@ -117,13 +119,68 @@ def train_ae(work: Path, data: np.ndarray, cfg: dict, steps: int, minutes: float
         opt.step()
         step += 1
         if step % 20 == 0:
-            log.row(step=step, loss=float(loss), lr=lr, **parts)
+            log.row(step=step, loss=float(loss.detach()), lr=lr, **parts)
         if step % 50 == 0:
-            say(f"ae {step}/{steps} loss {float(loss):.4f} l1 {parts['l1']:.4f} bright {parts['bright']:.4f}")
+            say(f"ae {step}/{steps} loss {float(loss.detach()):.4f} l1 {parts['l1']:.4f} bright {parts['bright']:.4f}")
         if step % 100 == 0:
             ck.save(step)
     ck.save(step, done=True)
     say(f"ae done at step {step}")
+    return ae.eval()
+
+
+def finetune_decoder(work: Path, ae: M.PQAutoencoder, data: np.ndarray, metas: list[dict], steps: int,
+                     minutes: float, batch: int, resume: bool, seed: int) -> M.PQAutoencoder:
+    """Second AE stage, encoder frozen (so the diffusion latents do not change): the decoder
+    learns to put back the emitters' peaks. A 2° sun covers a handful of the 8192 pixels, so a
+    plain L1 barely sees it; here the pixels brighter than code 0.6 get their own mean L1 term
+    and each map's per-channel peak code its own term, and half of each batch are sun, sunset
+    or night maps (small disks)."""
+    ae.encoder.requires_grad_(False)
+    ae.decoder.requires_grad_(True)
+    opt = torch.optim.AdamW(ae.decoder.parameters(), lr=5e-4, weight_decay=0.0)
+    ck = Checkpoint(work, ae=ae, opt=opt)
+    st = ck.resume(resume)
+    step = st["step"]
+    if st.get("done"):
+        return ae.eval()
+    disks = np.array([i for i, m in enumerate(metas) if m["kind"] in ("sun", "sunset", "night")])
+    log = Log(work / "log.csv", ["step", "loss", "l1", "bright", "peak", "lr"])
+    rng = np.random.default_rng(seed + 31 * step + 5)
+    t0 = time.time()
+    ae.train()
+    while step < steps and time.time() - t0 < minutes * 60:
+        idx = np.concatenate([rng.integers(len(data), size=batch // 2), rng.choice(disks, size=batch - batch // 2)])
+        x = torch.from_numpy(data[idx].astype(np.float32))
+        x = torch.roll(x, int(rng.integers(M.NATIVE_W)), dims=3)
+        if rng.random() < 0.5:
+            x = x.flip(3)
+        with torch.no_grad():
+            z = ae.encode(x)
+        y = ae.decode(z)
+        err = (y - x).abs()
+        bright = x > 0.6
+        l1 = err.mean()
+        lb = err[bright].mean() if bool(bright.any()) else l1 * 0
+        peak = (y.flatten(2).amax(2) - x.flatten(2).amax(2)).abs().mean()
+        loss = l1 + 0.5 * lb + 0.5 * peak
+        lr = lr_at(step, steps, 5e-4, warm=20)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.decoder.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            log.row(step=step, loss=float(loss.detach()), l1=float(l1.detach()), bright=float(lb.detach()),
+                    peak=float(peak.detach()), lr=lr)
+        if step % 50 == 0:
+            say(f"dec {step}/{steps} l1 {float(l1.detach()):.4f} bright {float(lb.detach()):.4f} peak {float(peak.detach()):.4f}")
+        if step % 100 == 0:
+            ck.save(step)
+    ck.save(step, done=True)
+    say(f"decoder fine-tune done at step {step}")
     return ae.eval()
 
 
@@ -185,7 +242,7 @@ def train_dm(work: Path, lat: torch.Tensor, metas: list[dict], cfg: dict, steps:
         lr = lr_at(step, steps, 1e-3, warm=150)
         for g in opt.param_groups:
             g["lr"] = lr
-        pred = unet(xt, t, encoder_hidden_states=text(ids)).sample
+        pred = unet(M.with_coords(xt), t, encoder_hidden_states=text(ids)).sample
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,9 +254,10 @@ def train_dm(work: Path, lat: torch.Tensor, metas: list[dict], cfg: dict, steps:
             for e, m in ((ema_u, unet), (ema_t, text)):
                 for pe, pm in zip(e.parameters(), m.parameters()):
                     pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-        run = 0.98 * run + 0.02 * float(loss) if step > 1 else float(loss)
+        lv = float(loss.detach())
+        run = 0.98 * run + 0.02 * lv if step > 1 else lv
         if step % 20 == 0:
-            log.row(step=step, loss=float(loss), lr=lr)
+            log.row(step=step, loss=lv, lr=lr)
         if step % 100 == 0:
             say(f"dm {step}/{steps} loss {run:.4f} ({(time.time() - t0) / 60:.1f} min)")
         if step % 200 == 0:
@@ -235,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ae-steps", type=int, default=650)
     ap.add_argument("--ae-minutes", type=float, default=13)
     ap.add_argument("--ae-batch", type=int, default=16)
+    ap.add_argument("--dec-steps", type=int, default=400)
+    ap.add_argument("--dec-minutes", type=float, default=9)
+    ap.add_argument("--stop-after", choices=["dec"], default=None, help="stop after the decoder fine-tune")
     ap.add_argument("--dm-steps", type=int, default=3300)
     ap.add_argument("--dm-minutes", type=float, default=42)
     ap.add_argument("--dm-batch", type=int, default=32)
@@ -252,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     ae.requires_grad_(False)
     lat = encode_all(out / "ae", ae, data)
     scale = float(1.0 / lat.std())
+    (out / "dec").mkdir(exist_ok=True)
+    ae = finetune_decoder(out / "dec", ae, data, metas, a.dec_steps, a.dec_minutes, a.ae_batch, a.resume, a.seed)
+    ae.requires_grad_(False)
+    if a.stop_after == "dec":
+        return 0
     cfg["latent_scale"] = scale
     (out / "dm").mkdir(exist_ok=True)
     unet, text, dm_steps = train_dm(out / "dm", lat * scale, metas, cfg, a.dm_steps, a.dm_minutes, a.dm_batch,
@@ -260,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "trained_by": "python -m engines.relight.train_hdri", "date": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"), "seed": a.seed, "data": f"{a.scenes} envworld maps (seeds {a.seed}·10⁶ + i), "
         f"{M.NATIVE_W}×{M.NATIVE_H}, PQ; azimuth rolls, mirror flips, paraphrased captions",
-        "ae_steps": a.ae_steps, "ae_batch": a.ae_batch, "dm_steps": dm_steps, "dm_steps_planned": a.dm_steps,
+        "ae_steps": a.ae_steps, "ae_batch": a.ae_batch, "decoder_finetune_steps": a.dec_steps, "dm_steps": dm_steps, "dm_steps_planned": a.dm_steps,
         "dm_batch": a.dm_batch, "wall_minutes_this_run": round((time.time() - t_start) / 60, 1),
         "eval_seeds": f"held out: ≥ {M.EVAL_SEED_BASE}",
     }

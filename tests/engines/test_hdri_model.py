@@ -52,7 +52,8 @@ def test_generate_is_seeded_shaped_and_seamless(model: M.HDRIModel) -> None:
 
 def test_every_conv_wraps_in_azimuth(model: M.HDRIModel) -> None:
     """Circular padding makes the networks equivariant to azimuth turns: rolling the latents by
-    whole columns rolls the decoded map (and the U-Net's output) by exactly as much."""
+    whole columns rolls the decoded map by exactly as much, and the U-Net's output too when its
+    coordinate channels turn along (they are what tells it where "left" is)."""
     z = torch.randn(1, model.cfg["latent_channels"], model.cfg["latent_h"], model.cfg["latent_w"],
                     generator=torch.Generator().manual_seed(0))
     k = 5
@@ -60,10 +61,14 @@ def test_every_conv_wraps_in_azimuth(model: M.HDRIModel) -> None:
     b = torch.roll(model.decode_latents(z), k * M.NATIVE_W // model.cfg["latent_w"], dims=3)
     assert torch.allclose(a, b, atol=1e-4)
     emb = model.encode_text(["sun on my left"])
+    x = M.with_coords(z)
+    k = 4  # the U-Net downsamples twice: exact for multiples of 4 latent columns
     with torch.no_grad():
-        u1 = model.unet(torch.roll(z, k, dims=3), 500, encoder_hidden_states=emb).sample
-        u2 = torch.roll(model.unet(z, 500, encoder_hidden_states=emb).sample, k, dims=3)
+        u1 = model.unet(torch.roll(x, k, dims=3), 500, encoder_hidden_states=emb).sample
+        u2 = torch.roll(model.unet(x, 500, encoder_hidden_states=emb).sample, k, dims=3)
     assert torch.allclose(u1, u2, atol=1e-4)
+    c = M.coord_map(8, 16)
+    assert torch.allclose(c[..., 0], c[..., -1] * torch.tensor([-1.0, 1.0, 1.0])[:, None], atol=1e-6)  # wraps
 
 
 def test_cancel_within_one_step(model: M.HDRIModel) -> None:
