@@ -359,7 +359,8 @@ def test_a_frozen_worker_loses_its_lease_and_cannot_overwrite(svc: Any, urls: di
         requeue_s = time.monotonic() - t0
         assert failed.error["type"] == "interrupted" and "lease" in failed.error["message"]
         assert requeue_s < 3.0 + 2 + 5, requeue_s  # lease (3 s) + a recovery pass + start-up slack
-        retry = _chains(svc, [job.id])[job.id][1].id
+        # the retry row follows the failure (its own commit on PostgreSQL): wait for it, briefly
+        retry = wait_for(lambda: (c := _chains(svc, [job.id])[job.id])[1:] and c[1].id, 10, 0.05, "retry queued")
         done = wait_for(lambda: (j := svc.jobs.get(retry)).status in ("completed", "failed") and j, 60, 0.1, "retry")
         assert done.status == "completed" and done.worker_id.split(":")[0] != "far-away"
         os.kill(far.pid, signal.SIGCONT)  # thawed after the retry's result is stored
