@@ -1,10 +1,11 @@
 """Video editing benchmark (issue 15): edit quality and steadiness on world clips, teacher speed,
 and memory against clip length.
 
-    studio bench video --json [--model embedded] [--student embedded-cfg] [--clips 4] [--frames 48] [--steps 10]
+    studio bench video --json [--model embedded] [--student embedded-cfg] [--one-step embedded-1step]
+                              [--clips 4] [--frames 48] [--steps 10]
                               [--text-guidance 7.5] [--image-guidance 1.5] [--threads 1]
                               [--speed-frames 24] [--mem-frames 48 480] [--mem-steps 2] [--no-quality]
-                              [--no-student] [--no-memory]
+                              [--no-student] [--no-one-step] [--no-memory]
 
 Quality: ``--clips`` seeded world clips (``engines.video.world.world_clip(seed, frames,
 EDITABLE[seed % 4])``: colour, style, shape and background edits in turn; 64×64) are edited
@@ -36,8 +37,13 @@ the process's peak RSS (``VmHWM``, reset with ``/proc/self/clear_refs`` after th
 loaded) over the run, ``growth_mb`` that peak minus the RSS right before the run. Memory does
 not depend on the number of denoising steps, so the memory runs use ``--mem-steps``.
 
-The one-step (adversarially distilled) student is not built yet: ``one_step_fps`` is null, with
-the reason.
+One-step student (``--one-step``: ``embedded-1step`` = ``engines/world/weights/ip2p_1step``, or a
+folder; ``engines.video.distill_onestep``): the same quality runs under ``quality_one_step``
+(one U-Net pass per frame: ``--steps`` does not apply to it, it always runs 1), and it joins the
+interleaved speed run (teacher, CFG student, one-step student on the same frames, frame by frame,
+same thread): ``one_step_fps`` (CPU time, like the others), ``one_step_speedup`` (over the
+teacher) and ``one_step_vs_cfg_speedup``. A missing one-step folder leaves ``one_step_fps`` null
+with the reason in ``one_step_note``.
 """
 from __future__ import annotations
 
@@ -52,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_STEP_NOT_BUILT = "no one-step (adversarially distilled) student yet (issue 15, step 4): nothing to time"
 NO_STUDENT = "--no-student: the CFG-distilled student was not run"
+NO_ONE_STEP = "--no-one-step: the one-step student was not run"
 
 
 def _rss_mb(field: str) -> float:
@@ -70,9 +76,9 @@ def _load(model: str, threads: int) -> Any:
     from engines.video.engine import embedded_spec, load_ip2p
 
     torch.set_num_threads(threads)
-    if model in ("embedded", "embedded-cfg"):
-        variant = "distilled" if model == "embedded-cfg" else "teacher"
-        return load_ip2p(embedded_spec(variant), "cpu", "float32", variant)
+    variants = {"embedded": "teacher", "embedded-cfg": "distilled", "embedded-1step": "one-step"}
+    if model in variants:
+        return load_ip2p(embedded_spec(variants[model]), "cpu", "float32", variants[model])
     return load_ip2p(ModelSpec(model, "diffusers", Path(model).resolve()), "cpu", "float32")
 
 
@@ -97,7 +103,9 @@ def quality(a: argparse.Namespace, model: str) -> dict[str, Any]:
     def mean(rows: list[dict[str, float]]) -> dict[str, float]:
         return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
 
-    res: dict[str, Any] = {"model": model, "clips": [{"seed": s, "attribute": c.attribute, "instruction": c.instruction}
+    from engines.video.engine import pipeline_kind
+
+    res: dict[str, Any] = {"model": model, "kind": pipeline_kind(loaded.pipe), "clips": [{"seed": s, "attribute": c.attribute, "instruction": c.instruction}
                                                      for s, c in enumerate(clips)]}
     res["truth_edit_success"] = mean([scores(c.after, c) for c in clips])["edit_success"]
     res["unedited"] = mean([scores(c.before, c) for c in clips])
@@ -120,13 +128,16 @@ def quality(a: argparse.Namespace, model: str) -> dict[str, Any]:
     return res
 
 
-def speed(a: argparse.Namespace) -> dict[str, Any]:
-    """Teacher and student on the same frames, alternating frame by frame (same load for both),
-    per-frame mode, one frame at a time; CPU-time and wall-time fps, and U-Net calls per step."""
+def speed(a: argparse.Namespace, students: dict[str, str]) -> dict[str, Any]:
+    """The teacher and the students (``{"cfg_distilled": ref, "one_step": ref}``, either may be
+    absent) on the same frames, alternating frame by frame (same load for all), per-frame mode, one
+    frame at a time; CPU-time and wall-time fps, and U-Net calls per step and per frame."""
     from engines.video.edit import FrameEditor
+    from engines.video.engine import pipeline_kind
     from engines.video.world import world_clip
 
-    models = {"teacher": _load(a.model, a.threads), "cfg_distilled": _load(a.student, a.threads)}
+    models = {"teacher": _load(a.model, a.threads)} | {k: _load(ref, a.threads) for k, ref in students.items()}
+    steps = {k: 1 if pipeline_kind(m.pipe) == "one-step" else a.steps for k, m in models.items()}
     clip = world_clip(0, a.speed_frames)
     calls = {k: 0 for k in models}
     cpu = {k: 0.0 for k in models}
@@ -164,13 +175,21 @@ def speed(a: argparse.Namespace) -> dict[str, Any]:
     n = len(clip.before)
     out: dict[str, Any] = {"frames": n, "steps": a.steps}
     for k in models:
-        out[k] = {"fps_cpu": round(n / cpu[k], 3), "fps_wall": round(n / wall[k], 3),
-                  "unet_calls_per_step": round(calls[k] / (n * a.steps), 3),
-                  "unet_ms_per_step_cpu": round(1000 * unet_cpu[k] / (n * a.steps), 2),
-                  "unet_batch_per_call": 1 if k == "cfg_distilled" else 3}
-    out["speedup_cpu"] = round(cpu["teacher"] / cpu["cfg_distilled"], 3)
-    out["speedup_wall"] = round(wall["teacher"] / wall["cfg_distilled"], 3)
-    out["unet_speedup_cpu"] = round(unet_cpu["teacher"] / unet_cpu["cfg_distilled"], 3)
+        out[k] = {"fps_cpu": round(n / cpu[k], 3), "fps_wall": round(n / wall[k], 3), "steps": steps[k],
+                  "unet_calls_per_step": round(calls[k] / (n * steps[k]), 3),
+                  "unet_calls_per_frame": round(calls[k] / n, 3),
+                  "unet_ms_per_step_cpu": round(1000 * unet_cpu[k] / (n * steps[k]), 2),
+                  "unet_ms_per_frame_cpu": round(1000 * unet_cpu[k] / n, 2),
+                  "unet_batch_per_call": 3 if k == "teacher" else 1}
+    if "cfg_distilled" in models:
+        out["speedup_cpu"] = round(cpu["teacher"] / cpu["cfg_distilled"], 3)
+        out["speedup_wall"] = round(wall["teacher"] / wall["cfg_distilled"], 3)
+        out["unet_speedup_cpu"] = round(unet_cpu["teacher"] / unet_cpu["cfg_distilled"], 3)
+    if "one_step" in models:
+        out["one_step_speedup_cpu"] = round(cpu["teacher"] / cpu["one_step"], 3)
+        out["one_step_speedup_wall"] = round(wall["teacher"] / wall["one_step"], 3)
+        if "cfg_distilled" in models:
+            out["one_step_vs_cfg_speedup_cpu"] = round(cpu["cfg_distilled"] / cpu["one_step"], 3)
     return out
 
 
@@ -232,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-guidance", type=float, default=1.5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--speed-frames", type=int, default=24, help="frames each model edits in the speed run")
-    ap.add_argument("--no-student", action="store_true", help="teacher only (no CFG-distilled figures)")
+    ap.add_argument("--one-step", default="embedded-1step",
+                    help="the one-step student: 'embedded-1step' (the shipped one) or a folder")
+    ap.add_argument("--no-student", action="store_true", help="no CFG-distilled figures")
+    ap.add_argument("--no-one-step", action="store_true", help="no one-step figures")
     ap.add_argument("--mem-frames", type=int, nargs="+", default=[48, 480])
     ap.add_argument("--mem-steps", type=int, default=2)
     ap.add_argument("--no-quality", action="store_true")
@@ -245,34 +267,48 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(a.child, a.model, a.mem_steps, a.threads)))
         return 0
     t0 = time.perf_counter()
+    students: dict[str, str] = {}
+    if not a.no_student:
+        students["cfg_distilled"] = a.student
+    one_note = NO_ONE_STEP if a.no_one_step else None
+    if not a.no_one_step:
+        from engines.base import EngineError, ModelNotFound
+
+        try:  # a missing one-step folder is reported, not fatal
+            _load(a.one_step, a.threads)
+            students["one_step"] = a.one_step
+        except (ModelNotFound, EngineError) as e:
+            one_note = f"{type(e).__name__}: {e}"
     res: dict[str, Any] = {"bench": "video", "model": a.model, "student": None if a.no_student else a.student,
+                           "one_step": students.get("one_step"),
                            "frames": a.frames, "steps": a.steps,
                            "text_guidance": a.text_guidance, "image_guidance": a.image_guidance, "threads": a.threads}
-    res |= {"teacher_fps": None, "cfg_distilled_fps": None, "distill_speedup": None}
+    res |= {"teacher_fps": None, "cfg_distilled_fps": None, "distill_speedup": None,
+            "one_step_fps": None, "one_step_speedup": None}
     if not a.no_quality:
-        q = quality(a, a.model)
-        res["teacher_fps"] = q["per_frame"]["fps"]
-        res["quality"] = q
-        if not a.no_student:
-            s = quality(a, a.student)
-            res["quality_cfg_distilled"] = s
-            t = q
-            res["edit_success"] = {"teacher": {"per_frame": t["per_frame"]["edit_success"],
-                                               "cross_frame": t["cross_frame"]["edit_success"]},
-                                   "cfg_distilled": {"per_frame": s["per_frame"]["edit_success"],
-                                                     "cross_frame": s["cross_frame"]["edit_success"]}}
-            res["flicker"] = {"teacher": {"per_frame": t["per_frame"]["flicker"],
-                                          "cross_frame": t["cross_frame"]["flicker"]},
-                              "cfg_distilled": {"per_frame": s["per_frame"]["flicker"],
-                                                "cross_frame": s["cross_frame"]["flicker"]}}
-    if not a.no_student:
-        sp = speed(a)
+        qs = {"teacher": quality(a, a.model)}
+        res["teacher_fps"] = qs["teacher"]["per_frame"]["fps"]
+        res["quality"] = qs["teacher"]
+        for k, ref in students.items():
+            qs[k] = res[f"quality_{k}"] = quality(a, ref)
+        if students:
+            for metric in ("edit_success", "gt_error", "flicker"):
+                res[metric] = {k: {"per_frame": q["per_frame"][metric], "cross_frame": q["cross_frame"][metric]}
+                               for k, q in qs.items()}
+    if students:
+        sp = speed(a, students)
         res["speed"] = sp
-        res |= {"teacher_fps": sp["teacher"]["fps_cpu"], "cfg_distilled_fps": sp["cfg_distilled"]["fps_cpu"],
-                "distill_speedup": sp["speedup_cpu"]}
-    else:
+        res["teacher_fps"] = sp["teacher"]["fps_cpu"]
+        if "cfg_distilled" in sp:
+            res |= {"cfg_distilled_fps": sp["cfg_distilled"]["fps_cpu"], "distill_speedup": sp["speedup_cpu"]}
+        if "one_step" in sp:
+            res |= {"one_step_fps": sp["one_step"]["fps_cpu"], "one_step_fps_wall": sp["one_step"]["fps_wall"],
+                    "one_step_speedup": sp["one_step_speedup_cpu"],
+                    "one_step_vs_cfg_speedup": sp.get("one_step_vs_cfg_speedup_cpu")}
+    if a.no_student:
         res["distill_note"] = NO_STUDENT
-    res |= {"one_step_fps": None, "one_step_note": ONE_STEP_NOT_BUILT}
+    if one_note:
+        res["one_step_note"] = one_note
     if not a.no_memory:
         res["memory"] = memory(a)
     res["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -19,18 +19,24 @@ from engines.video.params import VideoEditParams
 EMBEDDED_DEFAULT = "teacher"
 
 
+VARIANTS = ("teacher", "distilled", "one-step")
+
+
 def embedded_spec(variant: str = "teacher") -> ModelSpec:
     """The embedded world's edit model. ``embedded`` names the t2i model everywhere else (the
     Studio resolves it to that folder); for this engine it means the InstructPix2Pix model
-    trained from it (``engines.video.train_ip2p``: ``variant="teacher"``) or its CFG-distilled
-    student (``engines.video.distill_cfg``: ``variant="distilled"``)."""
+    trained from it (``engines.video.train_ip2p``: ``variant="teacher"``), its CFG-distilled
+    student (``engines.video.distill_cfg``: ``variant="distilled"``) or the one-step student
+    (``engines.video.distill_onestep``: ``variant="one-step"``)."""
     from engines.video.cfg import cfg_model_dir
+    from engines.video.distill_onestep import onestep_model_dir
     from engines.world.paths import ip2p_model_dir
 
-    if variant not in ("teacher", "distilled"):
-        raise ValueError(f"variant must be 'teacher' or 'distilled', not {variant!r}")
-    path, cmd = ((cfg_model_dir(), "python -m engines.video.distill_cfg --install") if variant == "distilled"
-                 else (ip2p_model_dir(), "python -m engines.video.train_ip2p --install"))
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, not {variant!r}")
+    path, cmd = {"distilled": (cfg_model_dir(), "python -m engines.video.distill_cfg --install"),
+                 "one-step": (onestep_model_dir(), "python -m engines.video.distill_onestep --install"),
+                 "teacher": (ip2p_model_dir(), "python -m engines.video.train_ip2p --install")}[variant]
     if not (path / "model_index.json").is_file():
         raise ModelNotFound(f"the embedded edit model ({variant}) is not built at {path}; run `{cmd}`")
     return ModelSpec(ref="embedded", kind="embedded", path=path)
@@ -42,11 +48,13 @@ def load_ip2p(spec: Any, device: str, dtype: str, variant: str = "teacher") -> A
     embedded model (teacher or distilled) when ``spec`` is the embedded spec. A CFG-distilled
     student (its U-Net has a guidance embedding, ``class_embed_type="projection"``, and its folder
     a ``cfg_distill.json``) comes back as a :class:`engines.video.cfg.CFGDistilledIP2PPipeline`:
-    same call, one U-Net pass per step."""
+    same call, one U-Net pass per step; a one-step student (``"one_step": true`` in that json) as
+    a :class:`engines.video.distill_onestep.OneStepIP2PPipeline`: one U-Net pass per frame."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from engines.pipelines import load_pipeline
     from engines.video import cfg as C
+    from engines.video.distill_onestep import as_one_step_pipeline, is_one_step
 
     if spec.kind == "embedded" and spec.path != embedded_spec(variant).path:
         spec = embedded_spec(variant)
@@ -67,8 +75,23 @@ def load_ip2p(spec: Any, device: str, dtype: str, variant: str = "teacher") -> A
         if cfg is None:
             raise EngineError(f"{loaded.name}: its U-Net takes a class/guidance embedding but the folder has no "
                               f"{C.CONFIG_NAME} (a CFG-distilled student needs it)")
-        loaded.pipe = C.as_cfg_pipeline(pipe, cfg)
+        loaded.pipe = as_one_step_pipeline(pipe, cfg) if is_one_step(cfg) else C.as_cfg_pipeline(pipe, cfg)
     return loaded
+
+
+def pipeline_kind(pipe: Any) -> str:
+    """"teacher", "distilled" (CFG-distilled, one pass per step) or "one-step" (one pass per frame)."""
+    from engines.video.cfg import CFGDistilledIP2PPipeline
+    from engines.video.distill_onestep import OneStepIP2PPipeline
+
+    if isinstance(pipe, OneStepIP2PPipeline):
+        return "one-step"
+    return "distilled" if isinstance(pipe, CFGDistilledIP2PPipeline) else "teacher"
+
+
+_KIND_WORDS = {"teacher": "not CFG-distilled (no guidance embedding)",
+               "distilled": "a CFG-distilled student (one pass per step)",
+               "one-step": "a one-step student (one pass per frame)"}
 
 
 def _weights_stamp(path: Path) -> int:
@@ -105,18 +128,16 @@ class VideoEditEngine(Engine):
         except vio.VideoError as e:
             raise EngineError(str(e)) from None
         ctx.progress(0, 1, "loading model")
-        from engines.video.cfg import CFGDistilledIP2PPipeline
-
         variant = EMBEDDED_DEFAULT if p.cfg_model == "auto" else p.cfg_model
         key = "ip2p"
         if p.model == "embedded":  # cached per variant and version of its weights (retrained → reloaded)
             key = f"ip2p:{variant}:{_weights_stamp(embedded_spec(variant).path)}"
         loaded = ctx.model(p.model, key, lambda spec: load_ip2p(spec, ctx.device, ctx.dtype, variant))
-        distilled = isinstance(loaded.pipe, CFGDistilledIP2PPipeline)
-        if p.cfg_model != "auto" and distilled != (p.cfg_model == "distilled"):
-            raise EngineError(f"cfg_model={p.cfg_model!r}, but {loaded.name} is "
-                              + ("a CFG-distilled student (one pass per step)" if distilled else
-                                 "not CFG-distilled (no guidance embedding)") + "; use cfg_model='auto'")
+        kind = pipeline_kind(loaded.pipe)
+        if p.cfg_model != "auto" and kind != p.cfg_model:
+            raise EngineError(f"cfg_model={p.cfg_model!r}, but {loaded.name} is {_KIND_WORDS[kind]}; "
+                              "use cfg_model='auto'")
+        steps = 1 if kind == "one-step" else p.steps  # a one-step student runs one step whatever is asked
         pipe = loaded.pipe
         short = p.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         if short % 8:
@@ -128,7 +149,7 @@ class VideoEditEngine(Engine):
         preview = ctx.work_dir / "preview.png"
         fps = info.fps / p.stride
         editor = FrameEditor(pipe, p.instruction, text_guidance=p.text_guidance, image_guidance=p.image_guidance,
-                             steps=p.steps, consistency=p.consistency, keyframe_every=p.keyframe_every, seed=p.seed,
+                             steps=steps, consistency=p.consistency, keyframe_every=p.keyframe_every, seed=p.seed,
                              check=ctx.check_cancelled)
         with loaded.lock, editor:
             writer = vio.Writer(out_path, size, fps, audio_from=src if info.has_audio and p.stride == 1 else None)
@@ -155,8 +176,10 @@ class VideoEditEngine(Engine):
             writer.close()
         seconds = time.perf_counter() - t0
         meta = {"instruction": p.instruction, "frames": n, "fps": fps, "size": list(size), "audio": info.has_audio,
-                "consistency": p.consistency, "model": loaded.name, "cfg_distilled": distilled,
-                "unet_passes_per_step": editor.unet_passes_per_step, "model_hash": loaded.model_hash,
+                "consistency": p.consistency, "model": loaded.name, "cfg_distilled": kind != "teacher",
+                "cfg_model": kind, "one_step": kind == "one-step", "steps": steps, "steps_requested": p.steps,
+                "unet_passes_per_step": editor.unet_passes_per_step,
+                "unet_passes_per_frame": editor.unet_passes_per_step * steps, "model_hash": loaded.model_hash,
                 "edit_fps": round(n / max(seconds, 1e-9), 3)}
         return EngineResult([Artifact(out_path, "video", "video/mp4", meta),
                              Artifact(poster, "image", "image/png", {"poster_of": "edited.mp4"})], meta)
