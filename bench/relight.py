@@ -3,7 +3,7 @@ integration, the metrics' own accuracy on the HDR world's exact maps, portrait r
 speed end to end, the browser preview's speed, and the text→HDRI model's light direction,
 colour, dynamic range, seam and speed on held-out world captions.
 
-    studio bench relight --json [--maps 48 --width 256] [--frames 120] [--hdri-maps 48]
+    studio bench relight --json [--maps 48 --width 256] [--frames 120] [--hdri-maps 96]
                                 [--hdri-steps 20] [--browser] [--no-hdri]
 
 ``relight_fps_256``: the ``relight`` engine's per-frame work (person segmentation, face
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maps", type=int, default=48, help="world maps (seeds 0..N-1)")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--frames", type=int, default=120, help="frames of the relight speed clip")
-    ap.add_argument("--hdri-maps", type=int, default=48, help="held-out captions for the HDRI model")
+    ap.add_argument("--hdri-maps", type=int, default=96, help="held-out captions for the HDRI model")
     ap.add_argument("--hdri-steps", type=int, default=20)
     ap.add_argument("--no-hdri", action="store_true", help="skip the HDRI model evaluation")
     ap.add_argument("--browser", action="store_true", help="also time the WebGL preview in Chromium")
@@ -153,8 +153,31 @@ def hdri_figures(args: argparse.Namespace) -> dict:
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         return {"hdri": None, "hdri_not_measured": f"no trained HDRI model: {str(e)[:200]}"}
     figs = HM.evaluate(model, n=args.hdri_maps, seed=0, steps=args.hdri_steps)
+    figs["caption_floor_dir_error_deg"] = caption_floor()
     return {"hdri": figs} | {k: figs.get(k) for k in ("hdri_light_dir_error_deg", "hdri_color_error",
                                                         "hdri_dynamic_range", "seam_error", "hdri_seconds")}
+
+
+def caption_floor(n_fit: int = 20000, n_test: int = 2000) -> float:
+    """The least median direction error any model can reach from the world's captions: for each
+    (kind, envworld wording) the mean direction over ``n_fit`` training-range scenes, scored on
+    ``n_test`` held-out scenes (the words are coarse: "on my left" spans 60° of azimuth)."""
+    from engines.relight import envworld, metrics
+    from engines.relight.hdri_model import EVAL_SEED_BASE
+
+    groups: dict[tuple[str, str], list[np.ndarray]] = {}
+    for s in range(n_fit):
+        sc = envworld.sample_scene(np.random.default_rng(s))
+        if sc.kind != "overcast":
+            groups.setdefault((sc.kind, envworld.where(sc.dominant.direction)), []).append(sc.dominant.direction)
+    mean = {k: np.mean(v, 0) / np.linalg.norm(np.mean(v, 0)) for k, v in groups.items()}
+    errs = []
+    for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + n_test):
+        sc = envworld.sample_scene(np.random.default_rng(s))
+        k = (sc.kind, envworld.where(sc.dominant.direction))
+        if sc.kind != "overcast" and k in mean:
+            errs.append(metrics.angle_deg(mean[k], sc.dominant.direction))
+    return round(float(np.median(errs)), 2)
 
 
 def browser_fps() -> dict:

@@ -102,3 +102,32 @@ def test_a_clip_is_relit_with_sound_and_a_cancel_leaves_nothing(services, tmp_pa
     t.join(60)
     assert out == ["canceled"] and services.jobs.get(job2.id).status == "canceled"
     assert len(services.assets.list(limit=1000)) == n_assets
+
+
+def test_an_hdri_job_places_the_light_where_asked_and_refuses_bad_angles(services) -> None:  # noqa: ANN001
+    """The words put the light (and the job says where); explicit angles override them; angles
+    out of range are refused before anything is queued."""
+    runner = build_runner(services)
+    jobs_before = len(services.jobs.list(limit=1000))
+    for bad in ({"light_azimuth": 500}, {"light_elevation": -45}, {"light_azimuth": "left"}):
+        with pytest.raises(StudioError):
+            services.jobs.submit("hdri", {"prompt": "noon sun", **bad}, origin="api", enqueue=False)
+    assert len(services.jobs.list(limit=1000)) == jobs_before
+    words = services.jobs.submit("hdri", {"prompt": "golden hour, orange sun low on my right", "steps": 10,
+                                          "width": 128}, origin="api", enqueue=False)
+    asked = services.jobs.submit("hdri", {"prompt": "golden hour, orange sun low on my right", "steps": 10,
+                                          "width": 128, "light_azimuth": 150.0, "light_elevation": 10.0},
+                                 origin="api", enqueue=False)
+    for j in (words, asked):
+        assert runner.execute(j.id) == "completed", services.jobs.get(j.id).error
+    w, a = services.jobs.get(words.id), services.jobs.get(asked.id)
+    assert w.result_meta["light_placed"]["from"] == "prompt"
+    assert -130 <= w.result_meta["light_placed"]["azimuth_deg"] <= -50  # "on my right" = negative azimuth
+    assert a.result_meta["light_placed"] == {"azimuth_deg": 150.0, "elevation_deg": 10.0, "from": "params"}
+
+    def found(job) -> float:  # noqa: ANN001 - the dominant light the map itself shows
+        pano = next(x for x in job.assets if x.meta.get("role") == "panorama_preview")
+        return float(pano.meta["light"]["azimuth_deg"])
+
+    assert abs(found(w) - w.result_meta["light_placed"]["azimuth_deg"]) < 30
+    assert abs((found(a) - 150 + 180) % 360 - 180) < 30

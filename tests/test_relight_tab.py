@@ -160,6 +160,10 @@ def test_describe_the_light_see_the_panorama_and_relight_with_it(studio_server, 
     assert hdri["status"] == "completed" and hdri["params"]["prompt"] == "sunset behind me on the left"
     kinds = sorted(a["kind"] for a in hdri["assets"])
     assert kinds.count("hdr") == 2 and kinds.count("image") == 2
+    # the words put the sun behind the subject, on their left (azimuth +135° in the Studio's frame)
+    light = hdri["result_meta"]["light"]  # the dominant light found in the generated map
+    assert abs((light["azimuth_deg"] - 135 + 180) % 360 - 180) < 50, light
+    assert "Main light placed at" in page.locator("#rl-env-status").inner_text()
     # relight the sample with the generated map
     n_before = len([j for j in httpx.get(studio_server.url + "/api/v1/jobs").json() if j["engine"] == "relight"])
     page.locator("#rl-sample input").click()

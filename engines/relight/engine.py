@@ -57,6 +57,33 @@ def env_artifacts(env: np.ndarray, work: Path, stem: str = "environment") -> tup
             Artifact(ball, "image", "image/png", {"role": "mirror_ball"})], meta
 
 
+def _light_placement(model: Any, p: HDRIParams) -> tuple[Any, dict[str, Any] | None]:
+    """(direction override for ``generate`` or None, where the main light was put — for the
+    job's metadata). Azimuth/elevation given in the params override the prompt's, one or both."""
+    from engines.relight.sphere import from_angles, to_angles
+
+    has_prior = getattr(model, "prior", None) is not None
+    override = p.light_azimuth is not None or p.light_elevation is not None
+    if override and not has_prior:
+        raise EngineError("this HDRI model cannot place the light at a given direction (it has no light layout); "
+                          "leave light_azimuth/light_elevation empty")
+    d = model.light_direction(p.prompt, p.seed) if has_prior else None
+    if not override:
+        return None, _angles(d, "prompt") if d is not None else None
+    el, az = (math.degrees(float(v)) for v in to_angles(d)) if d is not None else (30.0, 0.0)
+    el = p.light_elevation if p.light_elevation is not None else el
+    az = p.light_azimuth if p.light_azimuth is not None else az
+    d = from_angles(math.radians(el), math.radians(az))
+    return d, _angles(d, "params")
+
+
+def _angles(d: Any, source: str) -> dict[str, Any]:
+    from engines.relight.sphere import to_angles
+
+    el, az = (round(math.degrees(float(v)), 1) for v in to_angles(d))
+    return {"azimuth_deg": az, "elevation_deg": el, "from": source}
+
+
 class HDRIEngine(Engine):
     name = "hdri"
     title = "Text → HDR environment"
@@ -79,11 +106,13 @@ class HDRIEngine(Engine):
         def cancelled() -> bool:
             return ctx.is_cancelled()
 
+        spot, placed = _light_placement(model, p)
         t0 = time.perf_counter()
         try:
             env = model.generate(p.prompt, p.negative_prompt, seed=p.seed, steps=p.steps, guidance_scale=p.guidance_scale,
                                  width=p.width, exposure=p.exposure,
-                                 progress=lambda i, n: ctx.progress(i, n, f"step {i}/{n}"), is_cancelled=cancelled)
+                                 progress=lambda i, n: ctx.progress(i, n, f"step {i}/{n}"), is_cancelled=cancelled,
+                                 light_direction=spot)
         except Exception as e:
             if ctx.is_cancelled() or type(e).__name__ in ("GenerationCancelled", "Cancelled"):
                 raise Cancelled() from None
@@ -91,7 +120,7 @@ class HDRIEngine(Engine):
         seconds = time.perf_counter() - t0
         arts, meta = env_artifacts(env, ctx.work_dir)
         meta |= {"prompt": p.prompt, "seed": p.seed, "steps": p.steps, "seconds": round(seconds, 3),
-                 "unknown_words": list(model.unknown_words(p.prompt))}
+                 "unknown_words": list(model.unknown_words(p.prompt)), "light_placed": placed}
         for a in arts:
             a.meta.update({k: meta[k] for k in ("prompt", "seed")})
         return EngineResult(arts, meta)

@@ -175,7 +175,8 @@ def build_unet(cfg: dict[str, Any]):  # noqa: ANN201 - diffusers type
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel(
-        sample_size=(cfg["latent_h"], cfg["latent_w"]), in_channels=cfg["latent_channels"] + COORD_CHANNELS,
+        sample_size=(cfg["latent_h"], cfg["latent_w"]),
+        in_channels=cfg["latent_channels"] + COORD_CHANNELS + int(cfg.get("layout_channels", 0)),
         out_channels=cfg["latent_channels"],
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -199,10 +200,14 @@ def coord_map(h: int, w: int) -> torch.Tensor:
                         torch.cos(theta)[:, None].expand(h, w)])[None]
 
 
-def with_coords(lat: torch.Tensor) -> torch.Tensor:
-    """The U-Net's input: latents plus the coordinate channels."""
+def with_coords(lat: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
+    """The U-Net's input: latents (B, C, h, w) plus the coordinate channels (and, for models
+    with a light layout, its (B, 1, h, w) spot channel)."""
     c = coord_map(lat.shape[2], lat.shape[3]).to(lat.device, lat.dtype)
-    return torch.cat([lat, c.expand(lat.shape[0], -1, -1, -1)], 1)
+    parts = [lat, c.expand(lat.shape[0], -1, -1, -1)]
+    if layout is not None:
+        parts.append(layout.to(lat.device, lat.dtype))
+    return torch.cat(parts, 1)
 
 
 def scheduler_config() -> dict[str, Any]:
@@ -368,9 +373,21 @@ class HDRIModel:
     """Loaded networks plus generation. Build with :func:`load`."""
 
     def __init__(self, cfg: dict[str, Any], ae: PQAutoencoder, unet: nn.Module, text: WordTextEncoder,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", prior: nn.Module | None = None) -> None:
         self.cfg, self.ae, self.unet, self.text, self.device = cfg, ae, unet, text, device
+        self.prior = prior  # light_prior.LightPrior when cfg["layout_channels"]
         self.tokenizer = WordTokenizer(cfg["vocab"])
+
+    @torch.no_grad()
+    def light_direction(self, prompt: str, seed: int = 0) -> np.ndarray | None:
+        """Where the words put the dominant light (unit [3], ``sphere`` frame: +x = the subject's
+        left, +y up, +z in front), or None (no light named / a model without a layout prior)."""
+        if self.prior is None or not prompt.strip():
+            return None
+        from engines.relight import light_prior as LP
+
+        mean, logit = self.prior(self.tokenizer([prompt]).to(self.device))
+        return LP.choose_direction(mean[0].double().cpu().numpy(), float(torch.sigmoid(logit[0])), seed)
 
     def unknown_words(self, prompt: str) -> list[str]:
         """Words of ``prompt`` outside the vocabulary (they are ignored by generation)."""
@@ -400,7 +417,8 @@ class HDRIModel:
     def generate(self, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 20,
                  guidance_scale: float = 3.0, width: int = 256, exposure: float = 1.0,
                  progress: Callable[[int, int], None] | None = None,
-                 is_cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+                 is_cancelled: Callable[[], bool] | None = None,
+                 light_direction: np.ndarray | None = None) -> np.ndarray:
         """Linear radiance float32 [width/2, width, 3] in nits for ``prompt``.
 
         Denoises 8×16 latents (a native 64×128 map) with DPM-Solver++ (``steps``) and classifier-free guidance
@@ -409,7 +427,8 @@ class HDRIModel:
         ``exposure`` (clamped to [0, 10000] nits). ``progress(i, steps)`` after each step;
         ``is_cancelled()`` is checked before each step and raises :class:`GenerationCancelled`
         (a ``progress`` callback may also raise its own exception to stop). Same arguments →
-        the same map."""
+        the same map. ``light_direction`` (unit [3]) places the dominant light there instead of
+        where the words put it (models with a layout prior only)."""
         width = int(width)
         if width < 8 or width % 2:
             raise ValueError(f"width must be an even number ≥ 8, got {width}")
@@ -421,11 +440,19 @@ class HDRIModel:
         sched.set_timesteps(steps)
         gen = torch.Generator("cpu").manual_seed(int(seed))
         c, h, w = self.cfg["latent_channels"], self.cfg["latent_h"], self.cfg["latent_w"]
+        layout = None
+        if light_direction is not None and self.prior is None:
+            raise ValueError("this HDRI model has no light layout; it cannot place the light at a given direction")
+        if self.prior is not None:  # unconditional branch: no spot, as trained with dropped captions
+            from engines.relight import light_prior as LP
+
+            spot = light_direction if light_direction is not None else self.light_direction(prompt, seed)
+            layout = LP.layout_map([None, spot], h, w, float(self.cfg.get("layout_kappa", LP.KAPPA)))  # [2, 1, h, w]
         lat = torch.randn((1, c, h, w), generator=gen).to(self.device) * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             if is_cancelled is not None and is_cancelled():
                 raise GenerationCancelled(f"cancelled at step {i}/{steps}")
-            x = with_coords(sched.scale_model_input(torch.cat([lat, lat]), t))
+            x = with_coords(sched.scale_model_input(torch.cat([lat, lat]), t), layout)
             out = self.unet(x, t, encoder_hidden_states=emb).sample
             u, cnd = out.chunk(2)
             lat = sched.step(u + guidance_scale * (cnd - u), t, lat).prev_sample
@@ -454,10 +481,17 @@ def build(cfg: dict[str, Any]) -> tuple[PQAutoencoder, nn.Module, WordTextEncode
     return ae, unet, text
 
 
+def build_prior(cfg: dict[str, Any]) -> nn.Module:
+    from engines.relight.light_prior import LightPrior
+
+    return LightPrior(len(cfg["vocab"]) + 2)
+
+
 def load(model_dir: Path = DEFAULT_DIR, device: str = "cpu") -> HDRIModel:
     """Load a trained model directory (config.json + ae/unet/text .safetensors)."""
     model_dir = Path(model_dir)
-    missing = [f for f in FILES if not (model_dir / f).is_file()]
+    files = FILES + (("prior.safetensors",) if _has_layout(model_dir) else ())
+    missing = [f for f in files if not (model_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(
             f"HDRI model weights not found in {model_dir} (missing {', '.join(missing)}); "
@@ -467,9 +501,21 @@ def load(model_dir: Path = DEFAULT_DIR, device: str = "cpu") -> HDRIModel:
     ae.load_state_dict(_load_state(model_dir / "ae.safetensors"))
     unet.load_state_dict(_load_state(model_dir / "unet.safetensors"))
     text.load_state_dict(_load_state(model_dir / "text.safetensors"))
-    for m in (ae, unet, text):
-        m.to(device).eval().requires_grad_(False)
-    return HDRIModel(cfg, ae, unet, text, device)
+    prior = None
+    if cfg.get("layout_channels"):
+        prior = build_prior(cfg)
+        prior.load_state_dict(_load_state(model_dir / "prior.safetensors"))
+    for m in (ae, unet, text, prior):
+        if m is not None:
+            m.to(device).eval().requires_grad_(False)
+    return HDRIModel(cfg, ae, unet, text, device, prior)
+
+
+def _has_layout(model_dir: Path) -> bool:
+    try:
+        return bool(json.loads((model_dir / "config.json").read_text()).get("layout_channels"))
+    except (OSError, ValueError):
+        return False
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -485,15 +531,27 @@ def eval_scenes(n: int, seed: int = 0, base: int = EVAL_SEED_BASE) -> list[tuple
     return out
 
 
+def _median_ci(xs: list[float], seed: int, n_boot: int = 2000) -> list[float] | None:
+    """95 % percentile-bootstrap interval of the median (seeded)."""
+    if len(xs) < 5:
+        return None
+    a = np.asarray(xs, np.float64)
+    rng = np.random.default_rng([seed, 95])
+    meds = np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
+    return [round(float(np.percentile(meds, 2.5)), 2), round(float(np.percentile(meds, 97.5)), 2)]
+
+
 def evaluate(model: HDRIModel, n: int = 48, seed: int = 0, steps: int = 20, width: int = 256,
              guidance_scale: float = 3.0) -> dict[str, Any]:
     """Scores on held-out envworld captions (and on a held-out paraphrase set):
     light-direction error (degrees, vs the scene's true dominant light; overcast skipped),
     colour error (chromaticity L1 of the generated light vs the true colour), dynamic range of
     sun prompts (peak / median luminance), seam error (and an interior column jump to compare),
-    seconds per map."""
+    seconds per map; with a layout prior the direction error split in two: the prior's direction
+    vs the truth (reading the words) and the map's light vs the prior's direction (placing it)."""
     def run(prompts_scenes: list[tuple[str, envworld.EnvScene]], seed_off: int) -> dict[str, list[float]]:
-        res: dict[str, list[float]] = {"dir": [], "col": [], "dr": [], "seam": [], "inner": [], "sec": []}
+        res: dict[str, list[float]] = {"dir": [], "col": [], "dr": [], "seam": [], "inner": [], "sec": [],
+                                       "text": [], "place": []}
         for i, (prompt, scene) in enumerate(prompts_scenes):
             t0 = time.perf_counter()
             env = model.generate(prompt, seed=seed_off + i, steps=steps, width=width, guidance_scale=guidance_scale)
@@ -505,6 +563,10 @@ def evaluate(model: HDRIModel, n: int = 48, seed: int = 0, steps: int = 20, widt
             lt = scene.dominant
             est = metrics.dominant_direction(env)
             res["dir"].append(metrics.angle_deg(est, lt.direction))
+            spot = model.light_direction(prompt, seed_off + i)
+            if spot is not None:  # the error split: reading the words vs placing the light
+                res["text"].append(metrics.angle_deg(spot, lt.direction))
+                res["place"].append(metrics.angle_deg(est, spot))
             res["col"].append(metrics.color_error(env, est, np.array(lt.rgb)))
             if scene.kind == "sun":
                 res["dr"].append(metrics.dynamic_range(env))
@@ -525,4 +587,9 @@ def evaluate(model: HDRIModel, n: int = 48, seed: int = 0, steps: int = 20, widt
         "hdri_light_dir_error_deg_paraphrase": med(para["dir"]),
         "hdri_light_dir_error_deg_paraphrase_mean": mean(para["dir"]),
         "n_direction_scored": len(base["dir"]), "n_paraphrase_scored": len(para["dir"]),
+        "hdri_light_dir_error_deg_ci95": _median_ci(base["dir"], seed),
+        "hdri_light_dir_error_deg_paraphrase_ci95": _median_ci(para["dir"], seed),
+        "layout_text_dir_error_deg": med(base["text"]), "layout_placement_error_deg": med(base["place"]),
+        "layout_text_dir_error_deg_paraphrase": med(para["text"]),
+        "layout_placement_error_deg_paraphrase": med(para["place"]),
     }

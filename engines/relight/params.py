@@ -22,6 +22,11 @@ class HDRIParams(Params):
     guidance_scale: float = Field(3.0, ge=0.0, le=30.0, description="how strongly to follow the prompt")
     width: int = Field(256, ge=64, le=4096, description="panorama width in pixels (height = width / 2); a multiple of 64")
     exposure: float = Field(1.0, gt=0.0, le=100.0, description="scales the radiance (absolute nits are arbitrary)")
+    light_azimuth: float | None = Field(None, ge=-180.0, le=180.0, description="put the main light at this azimuth "
+                                        "(degrees; 0 = in front of the subject, 90 = on their left, ±180 = behind); "
+                                        "empty = where the prompt says")
+    light_elevation: float | None = Field(None, ge=-10.0, le=90.0, description="and at this height above the "
+                                          "horizon (degrees); empty = where the prompt says")
 
     @field_validator("width")
     @classmethod

@@ -1,7 +1,8 @@
 """Train the embedded text → 360° HDR panorama model (``engines.relight.hdri_model``) on CPU.
 
     python -m engines.relight.train_hdri [--resume] [--out DIR] [--scenes N] [--ae-steps N]
-        [--dm-steps N] [--ae-minutes M] [--dm-minutes M] [--no-install]
+        [--dm-steps N] [--ae-minutes M] [--dm-minutes M] [--prior-steps N] [--init-from DIR]
+        [--no-layout] [--threads N] [--no-install]
 
 Stages (each checkpoints into ``<out>/<stage>/state.pt``; ``--resume`` continues from them):
 
@@ -12,10 +13,15 @@ Stages (each checkpoints into ``<out>/<stage>/state.pt``; ``--resume`` continues
 3. ``latents``: every map and its mirror image encoded once; ``latent_scale`` = 1/std.
    ``dec``: the decoder alone is fine-tuned (encoder frozen, latents unchanged) to restore
    emitter peaks: a separate L1 on bright pixels and on each map's peak code.
-4. ``dm``: U-Net + text encoder, v-prediction DDPM loss, latents rolled by whole latent columns
-   (exact for the circular AE: 8 px = 22.5°) with the captions re-worded for the rotated
-   lights; half of the captions are paraphrases; 10 % dropped to "" for classifier-free
-   guidance; EMA weights are shipped.
+4. ``prior``: the light-layout prior (``light_prior``): captions alone → the dominant light's
+   mean direction and whether there is one; fresh world scenes at any yaw every batch, half
+   paraphrased. Skipped with ``--no-layout``.
+5. ``dm_layout`` (``dm`` with ``--no-layout``): U-Net + text encoder, v-prediction DDPM loss,
+   latents rolled by whole latent columns (exact for the circular AE: 8 px = 22.5°) with the
+   captions re-worded for the rotated lights; half of the captions are paraphrases; 10 %
+   dropped to "" for classifier-free guidance; the U-Net also gets the true light's spot
+   (``light_prior.layout_map``). ``--init-from`` warm-starts it from an installed model. EMA
+   weights are shipped.
 
 Then the model is written (fp16 safetensors + config.json with provenance) into a temporary
 directory and swapped into ``engines/relight/weights/hdri`` atomically (``--no-install`` keeps it
@@ -202,20 +208,43 @@ def encode_all(work: Path, ae: M.PQAutoencoder, data: np.ndarray) -> torch.Tenso
     return z
 
 
+def init_from(unet: torch.nn.Module, text: torch.nn.Module, model_dir: Path) -> None:
+    """Warm start from an installed model: same weights; input channels the old U-Net did not
+    have (the layout spot) start at zero, so the warm-started net begins as the old one."""
+    old_u = M._load_state(Path(model_dir) / "unet.safetensors")
+    w = old_u["conv_in.weight"]  # [C_out, C_in_old, 3, 3]
+    new = unet.state_dict()["conv_in.weight"]
+    if w.shape != new.shape:
+        grown = torch.zeros_like(new)
+        grown[:, : w.shape[1]] = w
+        old_u["conv_in.weight"] = grown
+    unet.load_state_dict(old_u)
+    text.load_state_dict(M._load_state(Path(model_dir) / "text.safetensors"))
+    say(f"warm start from {model_dir}")
+
+
 def train_dm(work: Path, lat: torch.Tensor, metas: list[dict], cfg: dict, steps: int, minutes: float, batch: int,
-             resume: bool, seed: int) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+             resume: bool, seed: int, init: Path | None = None,
+             lr_base: float = 1e-3) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    """With ``cfg["layout_channels"]`` the U-Net also gets the true dominant light's spot
+    (``light_prior.layout_map``; none for overcast, for dropped captions and for another 5 %)."""
     from diffusers import DDPMScheduler
+
+    from engines.relight import light_prior as LP
 
     torch.manual_seed(seed)
     unet = M.build_unet(cfg)
     text = M.WordTextEncoder(len(cfg["vocab"]) + 2, layers=cfg["text_layers"])
+    if init is not None:
+        init_from(unet, text, init)
+    use_layout = bool(cfg.get("layout_channels"))
     ema_u, ema_t = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=lr_base, weight_decay=1e-4)
     ck = Checkpoint(work, unet=unet, text=text, ema_u=ema_u, ema_t=ema_t, opt=opt)
     st = ck.resume(resume)
     step = st["step"]
-    if st.get("done"):
+    if st.get("done") and step >= steps:  # a larger --dm-steps extends a finished run
         return ema_u, ema_t, step
     tok = M.WordTokenizer(cfg["vocab"])
     sched = DDPMScheduler(**cfg["scheduler"])
@@ -229,20 +258,23 @@ def train_dm(work: Path, lat: torch.Tensor, metas: list[dict], cfg: dict, steps:
         idx = rng.integers(len(lat), size=batch)
         shifts = rng.integers(wl, size=batch)
         x0 = torch.stack([torch.roll(lat[i], int(k), dims=2) for i, k in zip(idx, shifts)])
-        caps = []
+        caps, spots = [], []
         for i, k in zip(idx, shifts):
             meta = (metas_f if i % 2 else metas)[i // 2]
             meta = M.transform_meta(meta, 2 * math.pi * int(k) / wl, False)
-            caps.append("" if rng.random() < 0.1 else M.describe(meta, rng, 0.5))
+            drop = rng.random() < 0.1
+            caps.append("" if drop else M.describe(meta, rng, 0.5))
+            spots.append(None if drop or rng.random() < 0.05 else LP.dominant_of(meta))
         ids = tok(caps)
+        layout = LP.layout_map(spots, x0.shape[2], x0.shape[3], cfg.get("layout_kappa", LP.KAPPA)) if use_layout else None
         noise = torch.randn_like(x0)
         t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, size=batch)).long()
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
-        lr = lr_at(step, steps, 1e-3, warm=150)
+        lr = lr_at(step, steps, lr_base, warm=150 if init is None else 50)
         for g in opt.param_groups:
             g["lr"] = lr
-        pred = unet(M.with_coords(xt), t, encoder_hidden_states=text(ids)).sample
+        pred = unet(M.with_coords(xt, layout), t, encoder_hidden_states=text(ids)).sample
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -267,8 +299,90 @@ def train_dm(work: Path, lat: torch.Tensor, metas: list[dict], cfg: dict, steps:
     return ema_u, ema_t, step
 
 
+def train_prior(work: Path, cfg: dict, steps: int, minutes: float, batch: int, resume: bool,
+                seed: int) -> tuple[torch.nn.Module, dict]:
+    """The light-layout prior (``light_prior.LightPrior``) on captions alone — no images, so
+    every batch is fresh world scenes at any yaw, either handedness, half paraphrased.
+    Returns the EMA prior and its held-out scores."""
+    from engines.relight import light_prior as LP
+
+    torch.manual_seed(seed + 17)
+    prior = M.build_prior(cfg)
+    ema = copy.deepcopy(prior).requires_grad_(False)
+    opt = torch.optim.AdamW(prior.parameters(), lr=2e-3, weight_decay=1e-4)
+    ck = Checkpoint(work, prior=prior, ema=ema, opt=opt)
+    st = ck.resume(resume)
+    step = st["step"]
+    tok = M.WordTokenizer(cfg["vocab"])
+    log = Log(work / "log.csv", ["step", "loss", "lr"])
+    rng = np.random.default_rng(seed + 104729 * step + 3)
+
+    def batch_of(r: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        caps, tgt, pres = [], np.zeros((n, 3), np.float32), np.zeros(n, np.float32)
+        for j in range(n):
+            meta = envworld.sample_scene(r).meta()
+            meta = M.transform_meta(meta, float(r.uniform(-math.pi, math.pi)), bool(r.random() < 0.5))
+            caps.append(M.describe(meta, r, 0.5))
+            d = LP.dominant_of(meta)
+            if d is not None:
+                tgt[j], pres[j] = d, 1.0
+        return tok(caps), torch.from_numpy(tgt), torch.from_numpy(pres)
+
+    t0 = time.time()
+    while step < steps and time.time() - t0 < minutes * 60:
+        ids, tgt, pres = batch_of(rng, batch)
+        lr = lr_at(step, steps, 2e-3, warm=50)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        mean, logit = prior(ids)
+        loss = LP.prior_loss(mean, logit, tgt, pres)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+        opt.step()
+        step += 1
+        d = min(0.995, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), prior.parameters()):
+                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+        if step % 20 == 0:
+            log.row(step=step, loss=float(loss.detach()), lr=lr)
+        if step % 200 == 0:
+            say(f"prior {step}/{steps} loss {float(loss.detach()):.4f} ({(time.time() - t0) / 60:.1f} min)")
+            ck.save(step)
+    ck.save(step, done=step >= steps)
+    ema.eval()
+    scores = prior_scores(ema, tok, seed)
+    say(f"prior stopped at step {step}: {scores}")
+    return ema, scores
+
+
+@torch.no_grad()
+def prior_scores(prior: torch.nn.Module, tok: M.WordTokenizer, seed: int, n: int = 2000) -> dict:
+    """Median angle between the prior's layout direction and the true dominant light on held-out
+    scenes (envworld captions and paraphrases), and how often it calls light vs none right."""
+    from engines.relight import light_prior as LP
+
+    out: dict[str, float] = {}
+    for name, p_para, base in (("caption", 0.0, M.EVAL_SEED_BASE), ("paraphrase", 1.0, M.PARA_SEED_BASE)):
+        errs, right = [], 0
+        for i in range(n):
+            r = np.random.default_rng(base + 7 + seed * 100_000 + i)
+            meta = envworld.sample_scene(r).meta()
+            mean, logit = prior(tok([M.describe(meta, r, p_para)]))
+            d = LP.choose_direction(mean[0].double().numpy(), float(torch.sigmoid(logit[0])), i)
+            truth = LP.dominant_of(meta)
+            right += (d is None) == (truth is None)
+            if d is not None and truth is not None:
+                errs.append(math.degrees(math.acos(float(np.clip(d @ truth, -1, 1)))))
+        out[f"prior_dir_error_deg_{name}"] = float(np.median(errs))
+        out[f"prior_light_vs_none_accuracy_{name}"] = right / n
+    return out
+
+
 # -- export ----------------------------------------------------------------------------------
-def export(dst: Path, cfg: dict, ae: torch.nn.Module, unet: torch.nn.Module, text: torch.nn.Module) -> None:
+def export(dst: Path, cfg: dict, ae: torch.nn.Module, unet: torch.nn.Module, text: torch.nn.Module,
+           prior: torch.nn.Module | None = None) -> None:
     from safetensors.torch import save_file
 
     dst = Path(dst)
@@ -277,7 +391,9 @@ def export(dst: Path, cfg: dict, ae: torch.nn.Module, unet: torch.nn.Module, tex
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name, m in (("ae", ae), ("unet", unet), ("text", text)):
+    for name, m in (("ae", ae), ("unet", unet), ("text", text), ("prior", prior)):
+        if m is None:
+            continue
         save_file({k: v.detach().half().contiguous() for k, v in m.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
     swap_in(tmp, dst)
@@ -299,15 +415,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dm-steps", type=int, default=3300)
     ap.add_argument("--dm-minutes", type=float, default=42)
     ap.add_argument("--dm-batch", type=int, default=32)
+    ap.add_argument("--dm-lr", type=float, default=1e-3)
+    ap.add_argument("--no-layout", action="store_true", help="no light-layout prior / spot channel (the old model)")
+    ap.add_argument("--prior-steps", type=int, default=3000)
+    ap.add_argument("--prior-minutes", type=float, default=15)
+    ap.add_argument("--prior-batch", type=int, default=256)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="warm-start the U-Net and text encoder from this installed model (same vocabulary)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-install", action="store_true")
     ap.add_argument("--dest", type=Path, default=M.DEFAULT_DIR)
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     t_start = time.time()
     out = Path(a.out)
     (out / "data").mkdir(parents=True, exist_ok=True)
     data, metas = make_data(out / "data", a.scenes, a.seed)
     cfg = M.default_config(M.build_vocab())
+    if a.init_from is not None:
+        old = json.loads((a.init_from / "config.json").read_text())
+        if old["vocab"] != cfg["vocab"]:
+            raise SystemExit(f"{a.init_from} has another vocabulary; cannot warm-start from it")
+    if not a.no_layout:
+        from engines.relight import light_prior as LP
+
+        cfg["layout_channels"], cfg["layout_kappa"] = 1, LP.KAPPA
     (out / "ae").mkdir(exist_ok=True)
     ae = train_ae(out / "ae", data, cfg, a.ae_steps, a.ae_minutes, a.ae_batch, a.resume, a.seed)
     ae.requires_grad_(False)
@@ -319,9 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.stop_after == "dec":
         return 0
     cfg["latent_scale"] = scale
-    (out / "dm").mkdir(exist_ok=True)
-    unet, text, dm_steps = train_dm(out / "dm", lat * scale, metas, cfg, a.dm_steps, a.dm_minutes, a.dm_batch,
-                                    a.resume, a.seed)
+    prior, prior_eval = None, {}
+    if not a.no_layout:
+        (out / "prior").mkdir(exist_ok=True)
+        prior, prior_eval = train_prior(out / "prior", cfg, a.prior_steps, a.prior_minutes, a.prior_batch, a.resume,
+                                        a.seed)
+    stage = "dm" if a.no_layout else "dm_layout"
+    (out / stage).mkdir(exist_ok=True)
+    unet, text, dm_steps = train_dm(out / stage, lat * scale, metas, cfg, a.dm_steps, a.dm_minutes, a.dm_batch,
+                                    a.resume, a.seed, a.init_from, a.dm_lr)
     cfg["provenance"] = {
         "trained_by": "python -m engines.relight.train_hdri", "date": dt.datetime.now(dt.timezone.utc).isoformat(
             timespec="seconds"), "seed": a.seed, "data": f"{a.scenes} envworld maps (seeds {a.seed}·10⁶ + i), "
@@ -329,9 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         "ae_steps": a.ae_steps, "ae_batch": a.ae_batch, "decoder_finetune_steps": a.dec_steps, "dm_steps": dm_steps, "dm_steps_planned": a.dm_steps,
         "dm_batch": a.dm_batch, "wall_minutes_this_run": round((time.time() - t_start) / 60, 1),
         "eval_seeds": f"held out: ≥ {M.EVAL_SEED_BASE}",
+        "dm_lr": a.dm_lr, "dm_warm_start": str(a.init_from) if a.init_from else None,
     }
+    if prior is not None:
+        cfg["provenance"] |= {"prior_steps": a.prior_steps, "prior_batch": a.prior_batch, **prior_eval}
     dst = out / "model" if a.no_install else a.dest
-    export(dst, cfg, ae, unet, text)
+    export(dst, cfg, ae, unet, text, prior)
     return 0
 
 

@@ -14,7 +14,7 @@ from engines.relight import hdri_model as M
 
 @pytest.fixture(scope="module")
 def model() -> M.HDRIModel:
-    for f in M.FILES:
+    for f in M.FILES + ("prior.safetensors",):
         assert (M.DEFAULT_DIR / f).is_file(), f"shipped HDRI weights missing: {M.DEFAULT_DIR / f}"
     size = sum(f.stat().st_size for f in M.DEFAULT_DIR.iterdir())
     assert size <= 12e6, size
@@ -53,7 +53,7 @@ def test_generate_is_seeded_shaped_and_seamless(model: M.HDRIModel) -> None:
 def test_every_conv_wraps_in_azimuth(model: M.HDRIModel) -> None:
     """Circular padding makes the networks equivariant to azimuth turns: rolling the latents by
     whole columns rolls the decoded map by exactly as much, and the U-Net's output too when its
-    coordinate channels turn along (they are what tells it where "left" is)."""
+    coordinate channels (and the light's spot) turn along (they are what tells it where "left" is)."""
     z = torch.randn(1, model.cfg["latent_channels"], model.cfg["latent_h"], model.cfg["latent_w"],
                     generator=torch.Generator().manual_seed(0))
     k = 5
@@ -61,7 +61,12 @@ def test_every_conv_wraps_in_azimuth(model: M.HDRIModel) -> None:
     b = torch.roll(model.decode_latents(z), k * M.NATIVE_W // model.cfg["latent_w"], dims=3)
     assert torch.allclose(a, b, atol=1e-4)
     emb = model.encode_text(["sun on my left"])
-    x = M.with_coords(z)
+    from engines.relight import light_prior as LP
+    from engines.relight.sphere import from_angles
+
+    spot = LP.layout_map([from_angles(0.3, 1.0)], model.cfg["latent_h"], model.cfg["latent_w"]) \
+        if model.cfg.get("layout_channels") else None
+    x = M.with_coords(z, spot)
     k = 4  # the U-Net downsamples twice: exact for multiples of 4 latent columns
     with torch.no_grad():
         u1 = model.unet(torch.roll(x, k, dims=3), 500, encoder_hidden_states=emb).sample

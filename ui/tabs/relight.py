@@ -63,6 +63,13 @@ def build_tab(services: Services) -> None:
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="rl-seed")
                     steps = gr.Slider(1, 50, 20, step=1, label="Steps", elem_id="rl-steps")
                     gen = gr.Button("Generate environment", variant="primary", elem_id="rl-generate")
+                with gr.Accordion("Place the main light yourself", open=False, elem_id="rl-place"):
+                    place = gr.Checkbox(False, label="Use these angles instead of the words' direction",
+                                        elem_id="rl-place-on")
+                    with gr.Row():
+                        light_az = gr.Slider(-180, 180, 90, step=1, label="Azimuth (°; 0 front, 90 your left, "
+                                             "−90 your right, ±180 behind)", elem_id="rl-place-az")
+                        light_el = gr.Slider(-10, 90, 20, step=1, label="Elevation (°)", elem_id="rl-place-el")
                 with gr.Row():
                     builtin = gr.Dropdown(builtin_choices(), value="sunset-left", label="…or a built-in environment",
                                           elem_id="rl-builtin")
@@ -106,17 +113,19 @@ def build_tab(services: Services) -> None:
         download = gr.File(label="Download", interactive=False, elem_id="rl-download")
 
         # -- environment ---------------------------------------------------------------------
-        def submit_hdri(text: str, s: float, n: float) -> tuple[Any, str]:
+        def submit_hdri(text: str, s: float, n: float, own: bool, az: float, el: float) -> tuple[Any, str]:
             if not (text or "").strip():
                 raise gr.Error("describe the light, e.g. “sunset behind me on the left”")
+            params: dict[str, Any] = {"prompt": text.strip(), "seed": int(s or 0), "steps": int(n)}
+            if own:
+                params |= {"light_azimuth": float(az), "light_elevation": float(el)}
             try:
-                job = services.jobs.submit("hdri", {"prompt": text.strip(), "seed": int(s or 0), "steps": int(n)},
-                                           origin="ui")
+                job = services.jobs.submit("hdri", params, origin="ui")
             except StudioError as e:
                 raise gr.Error(str(e)) from None
             return job.id, fmt_job_line(job)
 
-        gen.click(submit_hdri, inputs=[prompt, seed, steps], outputs=[hdri_job, env_status], trigger_mode="once",
+        gen.click(submit_hdri, inputs=[prompt, seed, steps, place, light_az, light_el], outputs=[hdri_job, env_status], trigger_mode="once",
                   api_name="relight_hdri")
 
         def pick_builtin(name: str) -> tuple[dict[str, Any], str, Any, Any, str]:
@@ -156,6 +165,10 @@ def build_tab(services: Services) -> None:
             pano = next((a for a in j.assets if a.meta.get("role") == "panorama_preview"), None)
             ball = next((a for a in j.assets if a.meta.get("role") == "mirror_ball"), None)
             light = (pano.meta.get("light") if pano else None) or {}
+            placed = (j.result_meta or {}).get("light_placed")
+            if isinstance(placed, dict):
+                line += (f"<br>Main light placed at azimuth {placed.get('azimuth_deg')}°, elevation "
+                         f"{placed.get('elevation_deg')}° (from the {html.escape(str(placed.get('from')))}).")
             line += (f"<br>Dominant light: **{html.escape(str(light.get('where', '?')))}** (elevation "
                      f"{light.get('elevation_deg')}°, azimuth {light.get('azimuth_deg')}°), dynamic range "
                      f"{light.get('dynamic_range')}×.")
