@@ -35,6 +35,7 @@ class FrameEditor:
         self.unet_passes_per_step = 1 if getattr(pipe, "cfg_distill", None) or not (
             text_guidance > 1 and image_guidance >= 1) else 3
         self._old: dict[str, Any] | None = None
+        self._embeds: tuple[Any, Any] | None = None  # (instruction, "") text states, encoded once per clip
         self.i = 0
 
     def __enter__(self) -> "FrameEditor":
@@ -69,7 +70,12 @@ class FrameEditor:
         self.check()
         gen = torch.Generator(device="cpu").manual_seed(self.seed)  # the same noise for every frame
         with torch.inference_mode():
-            out = self.pipe(prompt=self.instruction, image=Image.fromarray(frame), generator=gen,
+            if self._embeds is None:  # the instruction is the same for every frame: encode it once
+                enc = self.pipe._encode_prompt
+                dev = self.pipe._execution_device
+                self._embeds = (enc(self.instruction, dev, 1, False), enc("", dev, 1, False))  # [1, L, D] each
+            pe, ne = self._embeds
+            out = self.pipe(image=Image.fromarray(frame), prompt_embeds=pe, negative_prompt_embeds=ne, generator=gen,
                             callback_on_step_end=on_step, output_type="np", **self.kw).images[0]  # [H, W, 3] in [0, 1]
         self.i += 1
         return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
