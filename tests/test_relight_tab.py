@@ -174,3 +174,25 @@ def test_describe_the_light_see_the_panorama_and_relight_with_it(studio_server, 
     hdr_ids = {a["id"] for a in hdri["assets"] if a["kind"] == "hdr"}
     assert job["params"].get("environment") in hdr_ids
     page.close()
+
+
+def test_the_tab_places_the_light_where_asked_and_refuses_angles_out_of_range(studio_server) -> None:  # noqa: ANN001
+    """The tab's "Place the main light yourself" reaches the hdri job as light_azimuth /
+    light_elevation; out-of-range angles sent by a client are refused and queue nothing."""
+    with httpx.Client(base_url=studio_server.url, timeout=60) as c:
+        def call(data: list) -> str:
+            ev = c.post("/gradio_api/call/relight_hdri", json={"data": data})
+            assert ev.status_code == 200, ev.text[:300]
+            return c.get(f"/gradio_api/call/relight_hdri/{ev.json()['event_id']}").text
+
+        before = [j["id"] for j in c.get("/api/v1/jobs").json() if j["engine"] == "hdri"]
+        for bad in ([999.0, 10.0], [-90.0, 400.0]):
+            assert "event: error" in call(["noon sun", 0, 4, True, *bad])
+        assert [j["id"] for j in c.get("/api/v1/jobs").json() if j["engine"] == "hdri"] == before
+        assert "event: error" not in call(["noon sun", 0, 4, True, -90.0, 10.0])
+        assert "event: error" not in call(["noon sun", 0, 4, False, -90.0, 10.0])  # box unticked: the words rule
+        new = [j for j in c.get("/api/v1/jobs").json() if j["engine"] == "hdri" and j["id"] not in before]
+    placed = sorted(new, key=lambda j: j["created_at"])
+    assert len(placed) == 2
+    assert placed[0]["params"]["light_azimuth"] == -90.0 and placed[0]["params"]["light_elevation"] == 10.0
+    assert placed[1]["params"].get("light_azimuth") is None
