@@ -37,6 +37,7 @@ def test_edit_a_demo_clip_and_see_the_edited_video(studio_server, browser, tmp_p
     assert page.locator("#vid-instruction textarea").input_value() == demo_instruction("colour")
     set_number(page, "#vid-steps", "2")
     set_number(page, "#vid-max-frames", str(FRAMES))
+    page.locator("#vid-cfg-model").get_by_text("speed (CFG-distilled").click()  # the 1-pass student
     page.locator("#vid-submit").click()
     page.locator("#vid-status").get_by_text("completed").wait_for(timeout=300000)
     # the edited clip is in the player and the browser decodes it (H.264, 64×64)
@@ -49,6 +50,7 @@ def test_edit_a_demo_clip_and_see_the_edited_video(studio_server, browser, tmp_p
     jobs = httpx.get(studio_server.url + "/api/v1/jobs", params={"status": "completed"}).json()
     job = next(j for j in jobs if j["engine"] == "video-edit")
     assert job["params"]["model"] == "embedded" and job["params"]["consistency"] == "keyframes"
+    assert job["params"]["cfg_model"] == "distilled" and job["result_meta"]["cfg_distilled"] is True
     assert job["params"]["instruction"] == demo_instruction("colour")
     assert job["result_meta"]["frames"] == FRAMES and job["result_meta"]["audio"] is True
 
@@ -66,7 +68,7 @@ def test_the_video_tab_refuses_server_paths_and_unknown_demos(studio_server, tmp
                "demo as a traversal": ["../../../etc/passwd", None]}
     with httpx.Client(base_url=studio_server.url, timeout=60) as c:
         for what, (demo, clip) in attacks.items():
-            data = [demo, clip, "make it red", 7.5, 1.5, 2, True, 4, "embedded"]
+            data = [demo, clip, "make it red", 7.5, 1.5, 2, True, 4, "embedded", "auto"]
             ev = c.post("/gradio_api/call/video_submit", json={"data": data})
             assert ev.status_code == 200, (what, ev.text[:300])
             out = c.get(f"/gradio_api/call/video_submit/{ev.json()['event_id']}").text

@@ -54,6 +54,12 @@ def build_tab(services: Services) -> None:
                                       elem_id="vid-consistency")
             max_frames = gr.Number(240, label="Max frames", precision=0, elem_id="vid-max-frames")
             model = gr.Textbox("embedded", label="Model (InstructPix2Pix format)", elem_id="vid-model")
+            cfg_model = gr.Radio([("quality (teacher, 3 passes per step)", "teacher"),
+                                  ("speed (CFG-distilled, 1 pass per step)", "distilled"),
+                                  ("fastest (one-step student, 1 pass per frame)", "one-step"), ("auto", "auto")],
+                                 value="auto", label="Model variant", elem_id="vid-cfg-model",
+                                 info="embedded model only: the students are faster, their edits weaker "
+                                      "(docs/video.md); the one-step student ignores Steps")
         with gr.Row():
             start = gr.Button("Edit video", variant="primary", elem_id="vid-submit")
             stop = gr.Button("Cancel", variant="stop", elem_id="vid-cancel")
@@ -79,7 +85,7 @@ def build_tab(services: Services) -> None:
         original.upload(lambda _v: NO_DEMO, inputs=original, outputs=demo)
 
         def submit(name: str, clip: str | None, instr: str, s_t: float, s_i: float, n_steps: float, steady: bool,
-                   n_frames: float, m: str) -> tuple[Any, str]:
+                   n_frames: float, m: str, cfg: str) -> tuple[Any, str]:
             if not (instr or "").strip():
                 raise gr.Error("type an instruction, e.g. “make the circle green”")
             path = demo_path(services, name) if name else (Path(clip) if clip else None)
@@ -93,14 +99,15 @@ def build_tab(services: Services) -> None:
                 params = {"video": asset.id, "instruction": instr.strip(), "text_guidance": float(s_t),
                           "image_guidance": float(s_i), "steps": int(n_steps),
                           "consistency": "keyframes" if steady else "none",
-                          "max_frames": int(n_frames or 240), "model": (m or "embedded").strip()}
+                          "max_frames": int(n_frames or 240), "model": (m or "embedded").strip(),
+                          "cfg_model": cfg or "auto"}
                 job = services.jobs.submit(ENGINE, params, origin="ui")
             except StudioError as e:
                 raise gr.Error(str(e)) from None
             return job.id, fmt_job_line(job)
 
         start.click(submit, inputs=[demo, original, instruction, text_g, image_g, steps, consistency, max_frames,
-                                    model], outputs=[job_state, status], trigger_mode="once", api_name="video_submit")
+                                    model, cfg_model], outputs=[job_state, status], trigger_mode="once", api_name="video_submit")
         stop.click(lambda jid: cancel_job(services, jid), inputs=job_state, outputs=status)
 
         def poll(jid: str | None, done: str | None) -> tuple[Any, ...]:
