@@ -205,11 +205,12 @@ def _stamp(d: Path) -> str:
 
 def distill(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, install: bool = False,
             max_minutes: float = 0.0, eval_every: int = 100, n_eval: int = 64, batch: int = 24,
-            lr: float = 5e-5, lr_d: float = 2e-4, ema_decay: float = 0.99, adv_weight: float = 0.5,
+            lr: float = 1e-4, lr_d: float = 2e-4, ema_decay: float = 0.99, adv_weight: float = 0.5,
             adv_start: int = 100, n_targets: int = N_TARGETS, n_data: int = 6000,
             teacher_dir: Path | None = None, init_dir: Path | None = None) -> dict:
-    """Train until ``steps`` or ``max_minutes`` of wall time in this run (the target cache is made
-    first and is not counted); evaluation and a checkpoint every ``eval_every`` steps and at the stop."""
+    """Train until ``steps`` or ``max_minutes`` of wall time in this run (counted from the start:
+    the target cache, made once, included); evaluation and a checkpoint every ``eval_every`` steps
+    and at the stop."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -222,6 +223,7 @@ def distill(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, install
     from engines.world.train_common import Checkpoint, Log, install_dir, plot_loss, say, stage_dir, tokenize
 
     torch.manual_seed(0)
+    t0 = time.time()
     tdir = Path(teacher_dir or ip2p_model_dir())
     idir = Path(init_dir or C.cfg_model_dir())
     work = stage_dir(out, "ip2p_1step")
@@ -242,7 +244,6 @@ def distill(out: Path, steps: int = DEFAULT_STEPS, resume: bool = False, install
     t_cache = time.time()
     cache = target_cache(work, teacher, z_img, emb, row, empty, n_targets, _stamp(tdir))
     say(f"target cache: {len(cache['idx'])} samples ({time.time() - t_cache:.0f}s)")
-    t0 = time.time()
 
     init_cfg = C.read_config(idir)
     gen_unet = UNet2DConditionModel.from_pretrained(idir / "unet").float()
@@ -384,10 +385,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m engines.video.distill_onestep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much training wall time (0 = none)")
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="stop after this much wall time (0 = none)")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--batch", type=int, default=24)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--adv-weight", type=float, default=0.5, help="0 = distillation only (no discriminator term)")
     ap.add_argument("--n-targets", type=int, default=N_TARGETS, help="teacher targets precomputed (seeded, cached)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default / OMP_NUM_THREADS)")
