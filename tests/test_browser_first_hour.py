@@ -4,6 +4,7 @@ long generation, reload, find it still tracked and interrupt it; train an adapte
 defaults; open the Splat tab on a sample scene; send a Gallery image's parameters to Generate."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,16 @@ def test_xy_grid_of_parameter_values(studio_server, browser) -> None:  # noqa: A
     steps.press("Tab")
     page.get_by_text("X/Y grid").click()
     page.locator("#gen-x-values textarea, #gen-x-values input").first.fill("1, 6")
-    page.locator("#gen-y-param input").click()
-    page.get_by_role("option", name="none").click()
+    y_box = page.locator("#gen-y-param input")
+    y_box.click()
+    page.get_by_role("option", name="none", exact=True).click()
+    # the pick must have landed before submitting: with the default Y (steps) the grid has 6 cells
+    wait_for(lambda: y_box.input_value() == "none", 20, 0.2, "Y parameter set to none")
+    y_box.press("Escape")
     page.locator("#gen-grid-submit").click()
-    page.locator("#gen-grid-info").get_by_text("2 cells done").wait_for(timeout=180000)
+    page.locator("#gen-grid-info").get_by_text("2 jobs queued").wait_for(timeout=60000)
+    # exact: "0/2 cells done." would match a substring search
+    page.locator("#gen-grid-info").get_by_text(re.compile(r"^2 cells done\.$")).wait_for(timeout=180000)
     page.wait_for_selector("#gen-grid img", timeout=30000)
     jobs = [j for j in httpx.get(studio_server.url + "/api/v1/jobs").json() if j["engine"] == "t2i"][:2]
     assert sorted(j["params"]["guidance_scale"] for j in jobs) == [1.0, 6.0]
