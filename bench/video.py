@@ -5,7 +5,7 @@ and memory against clip length.
                               [--clips 4] [--frames 48] [--steps 10]
                               [--text-guidance 7.5] [--image-guidance 1.5] [--threads 1]
                               [--speed-frames 24] [--mem-frames 48 480] [--mem-steps 2] [--no-quality]
-                              [--no-student] [--no-one-step] [--no-memory]
+                              [--no-student] [--no-one-step] [--no-memory] [--no-real-size]
 
 Quality: ``--clips`` seeded world clips (``engines.video.world.world_clip(seed, frames,
 EDITABLE[seed % 4])``: colour, style, shape and background edits in turn; 64×64) are edited
@@ -44,6 +44,13 @@ interleaved speed run (teacher, CFG student, one-step student on the same frames
 same thread): ``one_step_fps`` (CPU time, like the others), ``one_step_speedup`` (over the
 teacher) and ``one_step_vs_cfg_speedup``. A missing one-step folder leaves ``one_step_fps`` null
 with the reason in ``one_step_note``.
+
+Real size (``real_size``; ``--no-real-size`` skips it): at 64×64 the embedded U-Net's per-layer
+overhead, not arithmetic, sets its speed, so a batch-3 call costs little more than a batch-1
+call and ``distill_speedup`` there says little about CFG distillation itself. The paper's 3× is
+on device at 512×384, where the U-Net is compute-bound. :func:`real_size_speed` times teacher
+step, student step and autoencoder on a random-weight Mobile-Pix2Pix + TAESD at 512×384 with the
+same threads; ``distill_speedup_real_size`` is the per-frame ratio at ``--steps`` steps.
 """
 from __future__ import annotations
 
@@ -193,6 +200,69 @@ def speed(a: argparse.Namespace, students: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def real_size_speed(steps: int, threads: int, rounds: int, width: int = 512, height: int = 384) -> dict[str, Any]:
+    """CFG distillation's speed where MoViE measures it: a real-size Mobile-Pix2Pix (an SD1.5
+    U-Net with 8 input channels and no attention at the highest resolution, methods.md §8) and a
+    TAESD-shaped tiny autoencoder, random weights (cost does not depend on weight values), at the
+    paper's 512×384. The student is built from the teacher by the trainer's own
+    ``student_from_teacher``. Teacher step (one call, batch 3), student step (one call, batch 1)
+    and the autoencoder (encode + decode one frame) are timed in CPU time, interleaved, ``rounds``
+    times each; a frame's time at ``steps`` steps is composed from those measured parts
+    (``steps`` × step + autoencoder; scheduler and text encoder are negligible at this size)."""
+    import torch
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
+
+    from bench.clockwork import SD15_UNET
+    from engines.video.cfg import scale_features
+    from engines.video.distill_cfg import student_from_teacher
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = dict(SD15_UNET, in_channels=8,
+               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    teacher = UNet2DConditionModel(**cfg).eval()
+    student = student_from_teacher(teacher).eval()
+    vae = AutoencoderTiny().eval()  # TAESD's architecture: 4 latent channels, /8
+    h, w = height // 8, width // 8
+    x = torch.randn(1, 8, h, w)  # noisy latent ‖ image latent [1, 8, h, w]
+    text = torch.randn(1, 77, 768)  # CLIP ViT-L token states [1, 77, 768]
+    t = torch.tensor([500])
+    frame = torch.rand(1, 3, height, width) * 2 - 1  # [1, 3, H, W] in [-1, 1]
+    labels = scale_features(torch.tensor([1.5]), torch.tensor([7.5]))  # [1, 18]
+
+    def teacher_step() -> None:  # the diffusers IP2P batch: (c_I, c_T), (c_I, ∅), (∅, ∅)
+        uncond = torch.cat([x[:, :4], torch.zeros_like(x[:, 4:])], 1)
+        teacher(torch.cat([x, x, uncond]), t.repeat(3), torch.cat([text, text, text])).sample
+
+    def student_step() -> None:
+        student(x, t, text, class_labels=labels).sample
+
+    def autoencoder() -> None:
+        vae.decode(vae.encode(frame).latents).sample
+
+    parts = {"teacher_step": teacher_step, "student_step": student_step, "autoencoder": autoencoder}
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    with torch.no_grad():
+        for f in parts.values():  # warm-up, not timed
+            f()
+        for _ in range(rounds):
+            for k, f in parts.items():
+                c = time.process_time()
+                f()
+                times[k].append(time.process_time() - c)
+    ms = {k: 1000 * sorted(v)[len(v) // 2] for k, v in times.items()}  # median over rounds
+    teacher_frame = steps * ms["teacher_step"] + ms["autoencoder"]
+    student_frame = steps * ms["student_step"] + ms["autoencoder"]
+    return {"architecture": "Mobile-Pix2Pix (SD1.5 U-Net, 8 in-channels, no attention at 1/8) + TAESD, random weights",
+            "width": width, "height": height, "latent": [h, w], "threads": threads, "rounds": rounds,
+            "steps": steps, "ms_cpu_median": {k: round(v, 1) for k, v in ms.items()},
+            "ms_cpu_all": {k: [round(1000 * s, 1) for s in v] for k, v in times.items()},
+            "step_speedup": round(ms["teacher_step"] / ms["student_step"], 3),
+            "teacher_fps": round(1000 / teacher_frame, 4), "cfg_distilled_fps": round(1000 / student_frame, 4),
+            "distill_speedup": round(teacher_frame / student_frame, 3)}
+
+
 def child(frames: int, model: str, steps: int, threads: int) -> dict[str, Any]:
     """One memory run in this (fresh) process: the video-edit engine on a ``frames``-long clip."""
     from engines.base import EngineContext
@@ -259,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-steps", type=int, default=2)
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-real-size", action="store_true", help="skip the real-size (512×384) CFG-distillation timing")
+    ap.add_argument("--real-size-rounds", type=int, default=3)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.frames < 2 or a.clips < 1:
@@ -309,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         res["distill_note"] = NO_STUDENT
     if one_note:
         res["one_step_note"] = one_note
+    if not a.no_real_size:
+        rs = res["real_size"] = real_size_speed(a.steps, a.threads, a.real_size_rounds)
+        res["distill_speedup_real_size"] = rs["distill_speedup"]
     if not a.no_memory:
         res["memory"] = memory(a)
     res["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -48,7 +48,8 @@ def student_from_teacher(teacher):  # noqa: ANN001, ANN201
     input = :func:`engines.video.cfg.scale_features`): at init it predicts ε(c_I, c_T) exactly."""
     from diffusers import UNet2DConditionModel
 
-    cfg = dict(teacher.config)
+    # not the "_" keys: diffusers' ``_use_default_values`` would make from_config drop our overrides
+    cfg = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
     cfg["class_embed_type"] = "projection"
     cfg["projection_class_embeddings_input_dim"] = C.feature_dim()
     student = UNet2DConditionModel.from_config(cfg)

@@ -74,6 +74,27 @@ def test_student_starts_as_the_conditional_teacher() -> None:
         assert torch.allclose(s(x, t, ehs, class_labels=feats).sample, teacher(x, t, ehs).sample, atol=1e-5)
 
 
+def test_student_from_a_teacher_built_in_code() -> None:
+    """A U-Net constructed in code (not loaded) lists its unset arguments in diffusers'
+    ``_use_default_values``; the student must still get its guidance embedding (the real-size
+    speed bench builds its teacher this way)."""
+    from diffusers import UNet2DConditionModel
+
+    from engines.video.distill_cfg import student_from_teacher
+
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, layers_per_block=1,
+                                   block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=12,
+                                   attention_head_dim=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                   up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
+    s = student_from_teacher(teacher).eval()
+    assert s.class_embedding is not None and C.is_student_unet(s)
+    x, ehs, t = torch.randn(1, 8, 8, 8), torch.randn(1, 5, 12), torch.tensor([300])
+    with torch.no_grad():
+        out = s(x, t, ehs, class_labels=C.scale_features(torch.tensor([1.5]), torch.tensor([7.5]))).sample
+        assert torch.allclose(out, teacher(x, t, ehs).sample, atol=1e-5)
+
+
 def test_one_unet_call_per_step(student, frames) -> None:  # noqa: ANN001
     """The student: one U-Net call of batch 1 per denoising step (the teacher: one of batch 3)."""
     assert isinstance(student.pipe, C.CFGDistilledIP2PPipeline)
