@@ -1,7 +1,7 @@
 """Adapter quality on the embedded model, judged by the world judge, over several training seeds.
 
     studio bench adapters --quality-only --json [--seeds 0 1 2 3 4] [--steps 100] [--pairs ...]
-        [--modes sum mix-ready] [--methods lora shira foura] [--cache DIR]
+        [--modes sum mix-ready composite mix-ready-composite] [--methods lora shira foura] [--cache DIR]
 
 Concepts the base model does not have are new words for things the judge can read: colour words
 ("zindle" = cyan, "plome" = pink), subject words ("blicket" = star, "wug" = heart) and a style word
@@ -19,7 +19,10 @@ subject + style.
   retain (null), and then the pair's figure is the other concept's retention beside it.
 - mixing modes: ``sum`` (the baseline: adapters trained alone, deltas summed) and ``mix-ready``
   (adapters trained with ``preserve``: part of each batch has the trigger swapped for made-up
-  words and the base model's own prediction as target, so each adapter acts on its trigger only).
+  words and the base model's own prediction as target, so each adapter acts on its trigger only);
+  ``composite`` and ``mix-ready-composite``: the same adapters (no retraining) mixed as t2i's
+  ``adapter_mode=composite`` does (``engines.adapters.composite``: each adapter runs alone, the
+  effects are added in ε-space; n + 1 U-Net passes per step).
 - ``high_strength[method]``: the first concept's adapter alone at weight 1 and ``--high`` (2.0):
   ``diversity`` = mean pairwise RMS pixel distance between seeds of one prompt, ``nn_train_ratio``
   = mean distance of each image to its nearest training image over the same figure for fresh
@@ -58,7 +61,9 @@ PAIRS: dict[str, tuple[str, str]] = {
     "colour+colour": ("zindle", "plome"), "colour+style": ("zindle", "stripez"),
     "subject+subject": ("blicket", "wug"), "subject+style": ("blicket", "stripez"),
 }
-MODES = {"sum": 0.0, "mix-ready": 0.5}  # mixing mode -> training ``preserve``
+# mixing mode -> (training ``preserve``, how the pair is mixed: fused sum or composite)
+MODES: dict[str, tuple[float, str]] = {"sum": (0.0, "fused"), "mix-ready": (0.5, "fused"),
+                                       "composite": (0.0, "composite"), "mix-ready-composite": (0.5, "composite")}
 CONTENT = ("shape", "background", "position")
 N_TRAIN = 32
 CACHE = Path(".cache/bench-adapters")
@@ -229,12 +234,21 @@ class Generator:
         self.steps, self.guidance = steps, guidance
         self.n_images = 0
 
-    def images(self, mix: list[tuple[Path, float]], prompts: list[str], seed: int = 0) -> torch.Tensor:
-        """(N, 3, 64, 64) in [0, 1] with ``mix`` fused; the mix is undone afterwards."""
+    def images(self, mix: list[tuple[Path, float]], prompts: list[str], seed: int = 0,
+               mixing: str = "fused") -> torch.Tensor:
+        """(N, 3, 64, 64) in [0, 1] with ``mix`` fused (or, ``mixing="composite"`` with 2+
+        adapters, composed in ε-space as t2i's ``adapter_mode=composite``); undone afterwards."""
         from engines.adapters.apply import AdapterUse, apply_adapters
+        from engines.adapters.composite import CompositeMix
         from engines.world.eval import _images
 
-        _, _, undo = apply_adapters(self.loaded, [AdapterUse(Path(p), w) for p, w in mix], "fused")
+        uses = [AdapterUse(Path(p), w) for p, w in mix]
+        if mixing == "composite" and len(uses) > 1:
+            with CompositeMix(self.loaded, uses), torch.inference_mode():
+                x = _images(self.loaded.pipe, prompts, self.steps, self.guidance, seed, batch=16)
+            self.n_images += len(prompts)
+            return x
+        _, _, undo = apply_adapters(self.loaded, uses, "fused")
         try:
             with torch.inference_mode():
                 x = _images(self.loaded.pipe, prompts, self.steps, self.guidance, seed, batch=16)
@@ -300,13 +314,15 @@ class _Scores:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prompts = {w: eval_prompts(w, args.n_prompts, seed=1000 + k) for k, w in enumerate(CONCEPTS)}
 
-    def __call__(self, mix: list[tuple[Path, float]], word: str) -> dict[str, float]:
+    def __call__(self, mix: list[tuple[Path, float]], word: str, mixing: str = "fused") -> dict[str, float]:
         def compute() -> dict[str, float]:
             ps = self.prompts[word]
-            x = self.gen.images(mix, [p for p, _ in ps])
+            x = self.gen.images(mix, [p for p, _ in ps], mixing=mixing)
             return self.gen.score(x, [lab for _, lab in ps], *CONCEPTS[word])
 
-        return self.cached([[(p.name, w) for p, w in mix], word, self.args.n_prompts], compute)
+        composite = mixing == "composite" and len(mix) > 1
+        what = [[(p.name, w) for p, w in mix], word, self.args.n_prompts] + (["composite"] if composite else [])
+        return self.cached(what, compute)
 
     def cached(self, what: list, compute: Any) -> Any:
         key = hashlib.sha256(json.dumps([RECIPE, self.model_key, self.args.sample_steps, self.args.guidance] + what)
@@ -364,7 +380,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 for w in words:
                     seed = 100 * s + list(CONCEPTS).index(w)  # distinct per concept: SHiRA masks differ
                     files[w], info = train_adapter(model_dir, m, write_dataset(w), w, seed, args, density, model_key,
-                                                   MODES[mode])
+                                                   MODES[mode][0])
                     train_info[f"{mode}/{m}/{w}/{s}"] = info
                 if mode == args.modes[0] and words:
                     first[m].append(files[words[0]])
@@ -376,7 +392,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                     mix = [(files[w], 1.0) for w in pr]
                     rs = {}
                     for w in pr:
-                        mixed = score(mix, w)
+                        mixed = score(mix, w, MODES[mode][1])
                         rs[w] = _retention(mixed["concept"], alone[w]["concept"], base[w]["concept"])
                         ret_c.setdefault(mode, {}).setdefault(m, {}).setdefault(f"{pname}/{w}", []).append(rs[w])
                         detail.setdefault(mode, {}).setdefault(m, {}).setdefault(pname, {}).setdefault(w, []).append(
@@ -427,7 +443,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 comparisons[f"diversity@{args.high}: {a} - {b}"] = compare(
                     strong[a]["per_seed_diversity"][str(args.high)], strong[b]["per_seed_diversity"][str(args.high)])
     return {"model_dir": str(model_dir), "model_key": model_key, "recipe": RECIPE, "seeds": list(args.seeds),
-            "concepts": {w: CONCEPTS[w] for w in words}, "pairs": pairs, "modes": {m: MODES[m] for m in args.modes},
+            "concepts": {w: CONCEPTS[w] for w in words}, "pairs": pairs, "modes": {m: {"preserve": MODES[m][0], "mixing": MODES[m][1]} for m in args.modes},
             "eval_prompts_per_concept": args.n_prompts, "sample_steps": args.sample_steps, "guidance": args.guidance,
             "steps": args.steps, "batch": args.batch, "shira_density": round(density, 4), "shira_mask": args.mask,
             "rank": args.q_rank, "targets": args.targets,

@@ -56,6 +56,14 @@ class T2IEngine(Engine):
 
         plan = self._plan(loaded, params, ctx)
         uses = [AdapterUse(Path(ctx.resolve_input(u.adapter)), u.weight, u.name, u.adapter) for u in params.adapters]
+        if params.adapter_mode == "composite" and len(uses) > 1:
+            import time
+
+            from engines.adapters.composite import CompositeMix
+
+            t0 = time.perf_counter()
+            with CompositeMix(loaded, uses) as mix:
+                return self._loop(loaded, plan, ctx, mix.info, (time.perf_counter() - t0) * 1000)
         adapter_info, switch_ms, undo = apply_adapters(loaded, uses, params.adapter_mode,
                                                        ctx.extras.get("adapter_cache_bytes"))
         try:

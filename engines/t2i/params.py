@@ -50,9 +50,11 @@ class T2IParams(Params):
     adapters: list[AdapterUse] = Field(default_factory=list, max_length=16,
                                        description='adapters to mix: [{"adapter": ID, "weight": 0.8}, …] '
                                                    "(LoRA, SHiRA, FouRA)")
-    adapter_mode: Literal["fused", "unfused"] = Field(
+    adapter_mode: Literal["fused", "unfused", "composite"] = Field(
         "fused", description="fused = merged into the weights (no per-step cost; SHiRA switches by scatter); "
-                             "unfused = LoRA applied on the fly (SHiRA and FouRA always run fused)")
+                             "unfused = LoRA applied on the fly (SHiRA and FouRA always run fused); "
+                             "composite = with 2+ adapters, each runs on its own and their effects are added "
+                             "(keeps each adapter's concept in a mix; n+1 U-Net passes per step)")
 
     @model_validator(mode="after")
     def _check(self) -> "T2IParams":
@@ -60,6 +62,9 @@ class T2IParams(Params):
             v = getattr(self, name)
             if v is not None and v % 8:
                 raise ValueError(f"{name} must be a multiple of 8 (got {v})")
+        if self.adapter_mode == "composite" and self.clockwork != "off" and len(self.adapters) > 1:
+            raise ValueError("Clockwork cannot run with a composite adapter mix (its feature cache is per pass): "
+                             "choose clockwork off or adapter_mode fused")
         if self.init_image is None and self.strength != 0.75:
             raise ValueError("strength only applies with init_image (img2img)")
         return self

@@ -167,6 +167,73 @@ def test_t2i_mixes_trained_adapters_and_switches_back_exactly(tiny_model, datase
     assert np.abs(a - b).max() <= 2  # fused and unfused LoRA agree up to rounding
 
 
+def test_composite_mix_adds_each_adapters_effect(tiny_model, dataset, tmp_path) -> None:  # noqa: ANN001
+    """adapter_mode=composite: each adapter runs on its own and the effects are added. With a
+    LoRA and a SHiRA, the mix's noise prediction is exactly ε_base + (ε_lora − ε_base) +
+    (ε_shira − ε_base), from n + 1 passes per call; a weight-0 partner leaves the LoRA's own
+    image; the pipeline is restored afterwards; Clockwork with it is refused up front."""
+    import numpy as np
+    import torch
+
+    from engines.adapters.apply import AdapterUse, apply_adapters
+    from engines.adapters.composite import CompositeMix
+    from engines.pipelines import load_pipeline
+    from engines.t2i.engine import T2IEngine
+    from engines.t2i.params import T2IParams
+
+    files = {}
+    for method in ("lora", "shira"):
+        res = AdapterTrainEngine().run(params(tiny_model, dataset, method=method, steps=3, learning_rate=5e-2),
+                                       ctx_for(tmp_path / method, tmp_path / f"s-{method}"))
+        files[method] = res.artifacts[0].path
+    loaded = load_pipeline(ModelSpec(str(tiny_model), "diffusers", tiny_model), "cpu", "float32")
+    unet = loaded.pipe.unet
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, unet.config.in_channels, 8, 8, generator=g)
+    ehs = torch.randn(2, 7, unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([500, 20])
+
+    def eps(uses: list) -> torch.Tensor:
+        _, _, undo = apply_adapters(loaded, uses, "unfused")
+        try:
+            return unet(x, t, ehs).sample
+        finally:
+            undo()
+
+    uses = [AdapterUse(files["lora"], 0.8), AdapterUse(files["shira"], 1.0)]
+    with torch.no_grad():
+        base, e_lora, e_shira = eps([]), eps(uses[:1]), eps(uses[1:])
+        with CompositeMix(loaded, uses) as mix:
+            out = unet(x, t, ehs).sample
+        assert mix.passes == 3 and [i["method"] for i in mix.info] == ["lora", "shira"]
+        assert torch.allclose(out, base + (e_lora - base) + (e_shira - base), atol=1e-5)
+        assert not torch.allclose(out, eps(uses), atol=1e-4)  # not the fused sum
+        assert torch.equal(eps([]), base)  # nothing left applied
+
+    cache: dict = {}
+
+    def gen(adapters: list, mode: str) -> tuple[np.ndarray, dict]:
+        d = tmp_path / f"g-{mode}-{len(adapters)}-{adapters[-1]['weight'] if adapters else 0}"
+        d.mkdir(parents=True)
+        p = T2IParams(model=str(tiny_model), prompt="a square, sks", steps=3, seed=3, preview_every=0,
+                      adapters=adapters, adapter_mode=mode)
+        ctx = EngineContext(work_dir=d, load_model=lambda ref, key, build: cache.setdefault(
+            (ref, key), build(ModelSpec(ref, "diffusers", Path(ref)))), resolve_input=Path)
+        r = T2IEngine().run(p, ctx)
+        return np.asarray(Image.open(r.artifacts[0].path)).astype(int), r.artifacts[0].meta
+
+    alone, _ = gen([{"adapter": str(files["lora"]), "weight": 1.0}], "unfused")
+    with_zero, meta = gen([{"adapter": str(files["lora"]), "weight": 1.0},
+                           {"adapter": str(files["shira"]), "weight": 0.0}], "composite")
+    assert np.abs(alone - with_zero).max() <= 1 and "composite" in meta["parameters"]
+    both, _ = gen([{"adapter": str(files["lora"]), "weight": 1.0},
+                   {"adapter": str(files["shira"]), "weight": 1.0}], "composite")
+    assert np.abs(both - alone).max() > 1
+    with pytest.raises(ValueError, match="Clockwork"):
+        T2IParams(prompt="x", clockwork="reuse", adapter_mode="composite",
+                  adapters=[{"adapter": "a", "weight": 1.0}, {"adapter": "b", "weight": 1.0}])
+
+
 def _weights(res) -> dict:  # noqa: ANN001
     from safetensors.torch import load_file
 
