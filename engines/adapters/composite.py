@@ -22,6 +22,26 @@ from typing import Any, Callable, Sequence
 import torch
 
 
+def mix_ready(path: Any) -> bool | None:
+    """Whether the Studio trained this adapter mix-ready (``preserve`` > 0; None: not a Studio
+    adapter). Composite mixing suits mix-ready adapters: a plainly trained one changes prompts
+    without its trigger too, and the composite adds that change in full."""
+    import json
+
+    from engines.adapters.lora_io import read_header
+
+    try:
+        meta = read_header(path)[1]
+        # LoRA/FouRA: a "studio" JSON entry; SHiRA: one JSON value per key
+        studio = json.loads(meta["studio"]) if "studio" in meta else {k: json.loads(v) for k, v in meta.items()
+                                                                        if k == "preserve"}
+    except (ValueError, OSError):
+        return None
+    if not isinstance(studio, dict) or not isinstance(studio.get("preserve"), (int, float)):
+        return None
+    return studio["preserve"] > 0
+
+
 class CompositeMix:
     """Context manager: while open, ``loaded.pipe.unet`` computes the composite prediction of
     ``uses`` (``AdapterUse``s, applied one at a time by ``apply``, normally ``apply_adapters``
@@ -46,7 +66,7 @@ class CompositeMix:
         for u in self.uses:
             info, _, undo = self.apply(self.loaded, [u], "unfused")
             undo()
-            self.info += info
+            self.info += [i | {"mix_ready": mix_ready(u.path)} for i in info]
         unet.forward = self._forward  # type: ignore[method-assign]
         return self
 

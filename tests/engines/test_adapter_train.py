@@ -206,6 +206,7 @@ def test_composite_mix_adds_each_adapters_effect(tiny_model, dataset, tmp_path) 
         with CompositeMix(loaded, uses) as mix:
             out = unet(x, t, ehs).sample
         assert mix.passes == 3 and [i["method"] for i in mix.info] == ["lora", "shira"]
+        assert [i["mix_ready"] for i in mix.info] == [False, False]  # trained without preserve
         assert torch.allclose(out, base + (e_lora - base) + (e_shira - base), atol=1e-5)
         assert not torch.allclose(out, eps(uses), atol=1e-4)  # not the fused sum
         assert torch.equal(eps([]), base)  # nothing left applied
@@ -338,3 +339,23 @@ def test_foura_cancel_then_resume_is_bit_identical(tiny_model, dataset, tmp_path
     a, b = _weights(resumed), _weights(straight)
     assert a.keys() == b.keys() and any(k.endswith("frozen_mask") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mix_ready_read_from_every_adapter_layout(tmp_path: Path) -> None:
+    """Composite mixing reports whether each adapter was trained mix-ready, whatever its file layout."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from engines.adapters.composite import mix_ready
+
+    t = {"w": torch.zeros(2)}
+    cases = {"studio-lora": ({"studio": json.dumps({"preserve": 0.5})}, True),
+             "shira": ({"format": "studio-shira-v1", "preserve": "0.0"}, False),
+             "foreign": ({"ss_network_dim": "4"}, None),
+             "garbage": ({"studio": "{not json"}, None)}
+    for name, (meta, want) in cases.items():
+        save_file(t, str(tmp_path / f"{name}.safetensors"), metadata=meta)
+        assert mix_ready(tmp_path / f"{name}.safetensors") is want, name
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 20)
+    assert mix_ready(tmp_path / "bad.safetensors") is None
