@@ -418,9 +418,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         for i, a in enumerate(args.methods):
             for b in args.methods[i + 1:]:
                 comparisons[f"{mode}: {a} - {b}"] = compare(over_pairs(mode, a), over_pairs(mode, b))
-    for mode in args.modes[1:]:
-        for m in args.methods:
-            comparisons[f"{m}: {mode} - {args.modes[0]}"] = compare(over_pairs(mode, m), over_pairs(args.modes[0], m))
+    for i, mode in enumerate(args.modes[1:], 1):
+        for other in args.modes[:i]:  # every mode against the baseline and the modes before it
+            for m in args.methods:
+                comparisons[f"{m}: {mode} - {other}"] = compare(over_pairs(mode, m), over_pairs(other, m))
     # a mode only counts as "best" when its adapters learned their concepts (mean gain ≥ 0.5):
     # an adapter that barely acts also barely disturbs the other one
     learned = [(mode, m) for mode in args.modes for m in args.methods
