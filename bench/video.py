@@ -260,7 +260,9 @@ def real_size_speed(steps: int, threads: int, rounds: int, width: int = 512, hei
             "ms_cpu_all": {k: [round(1000 * s, 1) for s in v] for k, v in times.items()},
             "step_speedup": round(ms["teacher_step"] / ms["student_step"], 3),
             "teacher_fps": round(1000 / teacher_frame, 4), "cfg_distilled_fps": round(1000 / student_frame, 4),
-            "distill_speedup": round(teacher_frame / student_frame, 3)}
+            "distill_speedup": round(teacher_frame / student_frame, 3),
+            # a one-step student is the same U-Net, one pass per frame
+            "one_step_fps": round(1000 / (ms["student_step"] + ms["autoencoder"]), 4)}
 
 
 def child(frames: int, model: str, steps: int, threads: int) -> dict[str, Any]:
