@@ -136,16 +136,16 @@ def test_xy_grid_of_parameter_values(studio_server, browser) -> None:  # noqa: A
     y_vals.press("Tab")
     y_box = page.locator("#gen-y-param input")
     page.locator("#gen-grid-submit").click()
+    # "N jobs queued" stays on screen with the progress until the grid is done; then exactly "2 cells done."
+    # ("0/2 cells done." would match a substring search)
     try:
-        page.locator("#gen-grid-info").get_by_text("2 jobs queued").wait_for(timeout=60000)
+        page.locator("#gen-grid-info").get_by_text(re.compile(r"^2 cells done\.$")).wait_for(timeout=180000)
     except Exception:  # say what the page showed instead (an error toast, another count)
         toasts = page.locator(".toast-body").all_inner_texts()
         info = page.locator("#gen-grid-info").inner_text()
-        raise AssertionError(f"grid not queued; info={info!r} toasts={toasts!r} "
+        raise AssertionError(f"grid not done; info={info!r} toasts={toasts!r} "
                              f"x={page.locator('#gen-x-values textarea, #gen-x-values input').first.input_value()!r} "
                              f"y={y_box.input_value()!r}") from None
-    # exact: "0/2 cells done." would match a substring search
-    page.locator("#gen-grid-info").get_by_text(re.compile(r"^2 cells done\.$")).wait_for(timeout=180000)
     page.wait_for_selector("#gen-grid img", timeout=30000)
     jobs = [j for j in httpx.get(studio_server.url + "/api/v1/jobs").json() if j["engine"] == "t2i"][:2]
     assert sorted(j["params"]["guidance_scale"] for j in jobs) == [1.0, 6.0]

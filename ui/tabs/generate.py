@@ -196,7 +196,8 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                     "center on a navy background* (shapes, colours, sizes, positions, styles, backgrounds; "
                     "guidance ≈ 4). Pick or register your own SD1.x/2.x/SDXL model below.",
                     elem_id="gen-embedded-note")
-        job_state = gr.State(None)
+        job_state = gr.State(None)      # written by submit/reproduce only
+        adopted_state = gr.State(None)  # written by the timer only: the running job found after a reload
         assets_state = gr.State([])
         selected = gr.State(None)
         comps = build_form(schema, elem_prefix="gen-", render=False, only=LAYOUT_FIELDS)
@@ -265,7 +266,8 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                     grid_info = gr.Markdown(elem_id="gen-grid-info")
                     grid_img = gr.Image(label="X/Y grid", type="pil", interactive=False, elem_id="gen-grid",
                                         elem_classes=["studio-crisp"])
-                    grid_state = gr.State(None)
+                    grid_state = gr.State(None)  # written by the grid button only
+                    grid_shown = gr.State(None)  # written by the grid timer only
                 with gr.Accordion("Load parameters from a PNG (A1111, InvokeAI-style text chunks, Studio)",
                                   open=False):
                     png_in = gr.File(label="Drop a PNG", file_types=[".png"], elem_id="gen-load-png")
@@ -421,27 +423,31 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                         cells.append(services.jobs.submit(ENGINE, p, origin="ui").id)
             except (StudioError, ValueError) as e:
                 raise gr.Error(str(e)) from None
-            grid = {"x": values[x_param], "y": values[y_param], "xs": xs, "ys": ys, "jobs": cells}
+            grid = {"x": values[x_param], "y": values[y_param], "xs": xs, "ys": ys, "jobs": cells, "seed": base["seed"]}
             return grid, f"{len(cells)} jobs queued (seed {base['seed']})."
 
         grid_btn.click(submit_grid, inputs=set(comps.values()) | {model, native, width, height, x_param, x_values,
                                                                   y_param, y_values},
                        outputs=[grid_state, grid_info], trigger_mode="once")
 
-        def poll_grid(grid: dict | None) -> tuple[Any, Any, Any]:
-            if not grid or grid.get("done"):
+        def poll_grid(grid: dict | None, shown: list[str] | None) -> tuple[Any, Any, Any]:
+            """The grid's progress, and the composed grid once every cell finished. Only this timer
+            writes ``grid_shown`` (the cells of the grid on screen) and only the button writes
+            ``grid_state``, so a tick can never put an older grid back over a newer one."""
+            if not grid or grid["jobs"] == shown:
                 return gr.update(), gr.update(), gr.update()
             jobs = [services.jobs.get(j) for j in grid["jobs"]]
             finished = sum(j.status in ("completed", "failed", "canceled") for j in jobs)
             if finished < len(jobs):
-                return gr.update(), f"{finished}/{len(jobs)} cells done.", gr.update()
+                return (gr.update(), f"{len(jobs)} jobs queued (seed {grid.get('seed')}) · {finished}/{len(jobs)} "
+                        "cells done.", gr.update())
             paths = []
             for j in jobs:
                 img = next((a for a in j.assets if a.kind == "image"), None)
                 paths.append(services.assets.path(img.id) if img else None)
-            return compose_grid(paths, grid), f"{len(jobs)} cells done.", dict(grid) | {"done": True}
+            return compose_grid(paths, grid), f"{len(jobs)} cells done.", list(grid["jobs"])
 
-        gr.Timer(1.0).tick(poll_grid, inputs=grid_state, outputs=[grid_img, grid_info, grid_state],
+        gr.Timer(1.0).tick(poll_grid, inputs=[grid_state, grid_shown], outputs=[grid_img, grid_info, grid_shown],
                            show_progress="hidden")
 
         picked = gr.State([])
@@ -454,13 +460,19 @@ def build_tab(services: Services, bridge: Any = None) -> None:
         inputs = set(comps.values()) | {model, native, width, height}
         go.click(submit, inputs=inputs, outputs=[job_state, status], trigger_mode="once")
 
-        cancel.click(lambda jid: cancel_job(services, jid), inputs=job_state, outputs=status)
+        cancel.click(lambda jid, adopted: cancel_job(services, jid or adopted), inputs=[job_state, adopted_state],
+                     outputs=status)
 
-        def poll(job_id: str | None, done_id: str | None) -> tuple[Any, ...]:
+        def poll(submitted: str | None, adopted: str | None, done_id: str | None) -> tuple[Any, ...]:
             """Every 0.5 s: the tracked job (or, after a reload, this user's running one), buttons,
-            and — once it finishes — its parameters under the result and the recent strip."""
+            and — once it finishes — its parameters under the result and the recent strip.
+
+            The timer never writes ``job_state``: a tick that read the old value while a click
+            stored a new job would put the old one back. Adopting a job after a reload goes to a
+            state only the timer writes."""
+            job_id = submitted or adopted
             if not job_id:
-                job_id = services.jobs.latest_active(ENGINE)
+                job_id = adopted = services.jobs.latest_active(ENGINE)
             st, pct, pv, images, fls = job_outputs(services, job_id)
             j = services.jobs.get(job_id) if job_id else None
             ids = [a.id for a in j.assets if a.kind == "image"] if j else []
@@ -477,11 +489,11 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                 first = next((a for a in j.assets if a.kind == "image"), None)
                 text = str(first.meta.get("parameters") or "") if first else ""
                 strip = recent_images(services)
-            return (job_id, st, _bar(pct), pv, images, fls, ids, gr.update(visible=not running),
+            return (adopted, st, _bar(pct), pv, images, fls, ids, gr.update(visible=not running),
                     gr.update(visible=running), text, strip, j.id if finished else done_id)
 
-        gr.Timer(0.5).tick(poll, inputs=[job_state, last_done],
-                           outputs=[job_state, status, progress, preview, gallery, files, assets_state, go, cancel,
+        gr.Timer(0.5).tick(poll, inputs=[job_state, adopted_state, last_done],
+                           outputs=[adopted_state, status, progress, preview, gallery, files, assets_state, go, cancel,
                                     info, recent, last_done], show_progress="hidden")
 
         def pick(evt: gr.SelectData, ids: list[str]) -> tuple[str | None, str]:

@@ -97,7 +97,8 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
             stop = gr.Button("Cancel", variant="stop", elem_id="pz-cancel")
             use = gr.Button("Use in Generate", elem_id="pz-use")
         job_state = gr.State(None)
-        check_state = gr.State(None)
+        check_state = gr.State(None)  # written by the check button only
+        check_shown = gr.State(None)  # written by the check timer only
         status = gr.Markdown("No job yet.", elem_id="pz-status")
         bar = gr.HTML(progress_bar(0), elem_id="pz-progress")
         with gr.Row():
@@ -133,26 +134,30 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
 
         check_btn.click(check, inputs=[files, demo, model], outputs=[check_state, verdicts, check_info])
 
-        def poll_check(pending: dict[str, Any] | None) -> tuple[Any, ...]:
-            if not pending:
-                return gr.update(), gr.update(), gr.update(), None
+        def poll_check(pending: dict[str, Any] | None, shown: str | None) -> tuple[Any, ...]:
+            """The check job's verdicts once it finishes. Only the button writes ``check_state`` and
+            only this timer writes ``check_shown`` (the check on screen): a tick that read the state
+            before a click stored a new check can then never wipe that check out."""
+            if not pending or pending["job"] == shown:
+                return gr.update(), gr.update(), gr.update(), gr.update()
             refused = pending.get("refused") or []
             try:
                 j = services.jobs.get(pending["job"])
             except StudioError:
-                return gr.update(), gr.update(), gr.update(), None
+                return gr.update(), gr.update(), gr.update(), pending["job"]
             if j.status in ("queued", "running"):
-                return gr.update(), gr.update(), f"checking… ({j.status})", pending
+                return gr.update(), gr.update(), f"checking… ({j.status})", gr.update()
             if j.status != "completed":
-                return gr.update(), gr.update(), fmt_job_line(j), None
+                return gr.update(), gr.update(), fmt_job_line(j), pending["job"]
             meta = j.result_meta
             rows = [[p["name"], ("✔ " if p["ok"] else "✘ ") + p["message"]] for p in meta.get("photos", [])]
             img = next((asset_file(services, a) for a in j.assets if a.kind == "image"), None)
             note = f"{meta.get('summary', '')}" + (f", {len(refused)} refused at upload" if refused else "") + " — " + (
                 "ready to train." if meta.get("enough") else "**at least 3 good photos are needed.**")
-            return rows + refused, img, note, None
+            return rows + refused, img, note, pending["job"]
 
-        gr.Timer(1.0).tick(poll_check, inputs=check_state, outputs=[verdicts, sheet, check_info, check_state],
+        gr.Timer(1.0).tick(poll_check, inputs=[check_state, check_shown],
+                           outputs=[verdicts, sheet, check_info, check_shown],
                            show_progress="hidden")
 
         def begin(fs: list[Any], use_demo: bool, m: str, sw: str, cw: str, md: str, k: float, n: float, rate: float,

@@ -148,19 +148,22 @@ def build_tab(services: Services) -> None:
 
         env_file.upload(upload_env, inputs=env_file, outputs=[env_state, env_status])
 
-        def poll_hdri(jid: str | None, done: str | None, env: dict[str, Any]) -> tuple[Any, ...]:
+        def poll_hdri(jid: str | None, done: str | None) -> tuple[Any, ...]:
+            """The HDRI job's progress; once it completes, its map becomes the environment (one write
+            of ``env_state``, the transition; every other tick leaves it alone, so a built-in or an
+            upload picked meanwhile is never put back by a tick that read the old one)."""
             keep = gr.update()
             if not jid:
-                return keep, keep, keep, keep, keep, env, done
+                return keep, keep, keep, keep, keep, keep, keep
             try:
                 j = services.jobs.get(jid)
             except StudioError as e:
-                return str(e), progress_bar(0), keep, keep, keep, env, done
+                return str(e), progress_bar(0), keep, keep, keep, keep, keep
             line = fmt_job_line(j)
             if j.status != "completed":
-                return line, progress_bar(j.progress * 100), keep, keep, keep, env, done
+                return line, progress_bar(j.progress * 100), keep, keep, keep, keep, keep
             if done == jid:
-                return keep, keep, keep, keep, keep, env, done
+                return keep, keep, keep, keep, keep, keep, keep
             hdr = next((a for a in j.assets if a.kind == "hdr" and a.meta.get("format") == "hdr"), None)
             pano = next((a for a in j.assets if a.meta.get("role") == "panorama_preview"), None)
             ball = next((a for a in j.assets if a.meta.get("role") == "mirror_ball"), None)
@@ -178,7 +181,7 @@ def build_tab(services: Services) -> None:
             return (line, progress_bar(100), asset_file(services, pano) if pano else None,
                     asset_file(services, ball) if ball else None, view, env, jid)
 
-        gr.Timer(1.0).tick(poll_hdri, inputs=[hdri_job, hdri_shown, env_state],
+        gr.Timer(1.0).tick(poll_hdri, inputs=[hdri_job, hdri_shown],
                            outputs=[env_status, env_bar, pano_img, ball_img, pano_view, env_state, hdri_shown],
                            show_progress="hidden")
 

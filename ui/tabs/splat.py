@@ -36,7 +36,8 @@ def build_tab(services: Services) -> None:
     if engine_schema("splat-render") is None:
         return
     with gr.Tab("Splat", id="splat") as tab:
-        jobs_state = gr.State({})  # role -> job id
+        jobs_state = gr.State({})  # role -> job id; written by the buttons only
+        rec_selected = gr.State([])  # reconstructions whose scene was selected; written by the timer only
         with gr.Row():
             with gr.Column(scale=4):
                 upload = gr.File(label="Drop a .ply or .splat scene", file_types=[".ply", ".splat"],
@@ -167,10 +168,16 @@ def build_tab(services: Services) -> None:
 
         demo_btn.click(submit_demo, inputs=[rec_mode, rec_steps, jobs_state], outputs=[jobs_state, status])
 
-        def poll(jobs: dict, scene_id: str | None) -> tuple[Any, ...]:
+        def poll(jobs: dict, scene_id: str | None, selected: list[str]) -> tuple[Any, ...]:
+            """Every 0.5 s: the tab's jobs. Only the buttons write ``jobs_state`` and only this timer
+            writes ``rec_selected`` (reconstructions whose scene it already selected): a tick that
+            read the jobs before a click stored new ones can then never put the old ones back."""
             upd: list[Any] = [gr.update()] * 6
             lines = []
+            selected = list(selected or [])
             for role, jid in jobs.items():
+                if role == "reconstruct" and jid in selected:
+                    continue
                 try:
                     j = services.jobs.get(jid)
                 except StudioError:
@@ -201,11 +208,12 @@ def build_tab(services: Services) -> None:
                     if made:
                         upd[5] = gr.update(choices=scene_choices(services), value=made)
                         lines[-1] += " — the new scene is selected"
-                    jobs = {k: v for k, v in jobs.items() if k != "reconstruct"}
-            return (*upd, "\n\n".join(lines) or gr.update(), jobs)
+                    selected.append(jid)
+            return (*upd, "\n\n".join(lines) or gr.update(), selected)
 
-        gr.Timer(0.5).tick(poll, inputs=[jobs_state, scene],
-                           outputs=[alpha_img, wsr_img, planes_img, planes_table, downloads, scene, status, jobs_state],
+        gr.Timer(0.5).tick(poll, inputs=[jobs_state, scene, rec_selected],
+                           outputs=[alpha_img, wsr_img, planes_img, planes_table, downloads, scene, status,
+                                    rec_selected],
                            show_progress="hidden")
 
 
