@@ -249,10 +249,13 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-personalize-") as td:
         for seed in a.seeds:
             for mode, k in (("plain", 0), ("hollowed", a.hollow)):
+                if mode not in a.modes:
+                    continue
                 work, state = Path(td) / f"{mode}-{seed}" / "work", Path(td) / f"{mode}-{seed}" / "state"
                 work.mkdir(parents=True)
                 state.mkdir(parents=True)
-                p = PersonalizeParams(demo=True, **words, hollow=k, steps=a.steps, seed=seed, learning_rate=a.lr,
+                lr = None if a.lr == "engine" else a.lr  # None: the engine's default for this mode
+                p = PersonalizeParams(demo=True, **words, hollow=k, steps=a.steps, seed=seed, learning_rate=lr,
                                       batch_size=a.batch, samples_every=0, checkpoint_every=max(a.steps, 1),
                                       prior_preservation=a.prior_preservation, class_images=a.class_images)
                 # class images are cached per model + class across the runs (as the Studio's data dir does)
@@ -264,19 +267,23 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                 pipe = fresh()
                 apply_adapter_file(pipe.unet, r.artifacts[0].path, "lora")
                 scores, _ = evaluate(pipe, base, judge, **words, base_images=base_class, **kw)
-                scores |= {"train_wall_s": round(wall, 1), "train_s": r.meta["train_s"],
+                scores |= {"learning_rate": p.learning_rate, "train_wall_s": round(wall, 1), "train_s": r.meta["train_s"],
                            "precompute_s": r.meta["precompute_s"], "final_loss": round(r.meta["final_loss"], 4),
                            "kept_param_fraction": r.meta["kept_param_fraction"],
                            "class_images": r.meta["class_images"]}
                 per[mode].append(scores)
                 out["runs"][f"{mode}/seed{seed}"] = scores
+                print(json.dumps({"seed": seed, "mode": mode, **scores}), file=sys.stderr, flush=True)
     for mode, rows in per.items():
-        out[mode] = {m: round(sum(r[m] for r in rows) / len(rows), 4)
-                     for m in ("subject_fidelity", "subject_similarity", "prompt_fidelity", "base_drift")}
-    out["hollowed_minus_plain_points"] = {
-        m: round(100 * (out["hollowed"][m] - out["plain"][m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
-    out["plain_minus_base_points"] = {
-        m: round(100 * (out["plain"][m] - base_scores[m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
+        if rows:
+            out[mode] = {m: round(sum(r[m] for r in rows) / len(rows), 4)
+                         for m in ("subject_fidelity", "subject_similarity", "prompt_fidelity", "base_drift")}
+    if "hollowed" in out and "plain" in out:
+        out["hollowed_minus_plain_points"] = {
+            m: round(100 * (out["hollowed"][m] - out["plain"][m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
+    if "plain" in out:
+        out["plain_minus_base_points"] = {
+            m: round(100 * (out["plain"][m] - base_scores[m]), 1) for m in ("subject_fidelity", "prompt_fidelity")}
     out["stats"] = summarize(out["runs"], base_scores)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
@@ -292,21 +299,26 @@ def merge(paths: list[str]) -> dict[str, Any]:
     process); refuses results made with different settings or a different base."""
     runs: dict[str, Any] = {}
     first: dict[str, Any] | None = None
+    lr: dict[str, Any] = {}  # mode -> learning rate: plain and hollowed may come from runs at different rates
     for p in paths:
         q = json.loads(Path(p).read_text())["quality"]
         if first is None:
             first = q
         for k in SETTINGS + ("base",):
-            if q.get(k, DEFAULTS.get(k)) != first.get(k, DEFAULTS.get(k)):
+            if k != "lr" and q.get(k, DEFAULTS.get(k)) != first.get(k, DEFAULTS.get(k)):
                 raise SystemExit(f"{p}: {k} = {q.get(k)!r} differs from {first.get(k)!r} in {paths[0]}")
+        for mode in {k.split("/")[0] for k in q["runs"]}:
+            if lr.setdefault(mode, q["lr"]) != q["lr"]:
+                raise SystemExit(f"{p}: {mode} runs at lr {q['lr']!r}, another file's at {lr[mode]!r}")
         for k, v in q["runs"].items():
             if k in runs and runs[k] != v:
                 raise SystemExit(f"{p}: run {k} differs from an earlier file's")
             runs[k] = v
     assert first is not None
     return {"bench": "personalize", "merged": paths,
-            "quality": {k: first.get(k, DEFAULTS.get(k)) for k in SETTINGS} | {"base": first["base"], "runs": runs,
-                                                                "stats": summarize(runs, first["base"])}}
+            "quality": {k: first.get(k, DEFAULTS.get(k)) for k in SETTINGS} | {
+                "lr": lr if len(set(map(str, lr.values()))) > 1 else first["lr"], "base": first["base"],
+                "runs": runs, "stats": summarize(runs, first["base"])}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1], help="generation seeds per context")
     ap.add_argument("--contexts", type=int, default=8, help="unseen (position, background) contexts")
     ap.add_argument("--hollow", type=int, default=1, help="hollow levels for the quality runs (embedded: 0..2)")
-    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--lr", type=lambda v: v if v == "engine" else float(v), default=5e-3,
+                    help="learning rate, or 'engine': the engine's default per mode (1e-3 plain, 3e-3 hollowed LoRA)")
+    ap.add_argument("--modes", nargs="+", choices=("plain", "hollowed"), default=["plain", "hollowed"],
+                    help="which trainings to run per seed (merge joins runs made with different --modes)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--prior-preservation", choices=("off", "on"), default="off",
                     help="quality runs with class images by the base model (the engine's prior preservation)")

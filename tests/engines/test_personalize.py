@@ -382,3 +382,26 @@ def test_bench_intervals_pair_runs_by_seed_and_merge_refuses_mixed_settings(tmp_
     assert merge([a, b])["quality"]["stats"] == s
     with pytest.raises(SystemExit, match="lr"):
         merge([a, result(tmp_path / "c.json", 1e-3, 1)])
+
+    # each mode at its own rate (`--modes plain --lr 1e-3` and `--modes hollowed --lr 3e-3`): joined and paired
+    def one_mode(path: Path, mode: str, lr: float) -> str:
+        q = json.loads(Path(result(path, lr, 0)).read_text())["quality"]
+        q["runs"] = {k: v for k, v in runs.items() if k.startswith(mode)}
+        path.write_text(json.dumps({"quality": q}))
+        return str(path)
+
+    m = merge([one_mode(tmp_path / "p.json", "plain", 1e-3), one_mode(tmp_path / "h.json", "hollowed", 3e-3)])
+    assert m["quality"]["lr"] == {"plain": 1e-3, "hollowed": 3e-3} and m["quality"]["stats"] == s
+    with pytest.raises(SystemExit, match="lr"):  # one mode at two rates
+        merge([one_mode(tmp_path / "p.json", "plain", 1e-3), one_mode(tmp_path / "p2.json", "plain", 3e-3)])
+
+
+def test_empty_learning_rate_takes_the_measured_default_per_mode() -> None:
+    from engines.personalize.params import PersonalizeParams
+
+    assert PersonalizeParams(demo=True).learning_rate == 3e-3  # hollow 1, LoRA
+    assert PersonalizeParams(demo=True, hollow=0).learning_rate == 1e-3
+    assert PersonalizeParams(demo=True, method="shira").learning_rate == 1e-3
+    assert PersonalizeParams(demo=True, hollow=2, learning_rate=2e-4).learning_rate == 2e-4
+    with pytest.raises(ValueError):
+        PersonalizeParams(demo=True, hollow="deep")

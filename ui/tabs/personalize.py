@@ -88,7 +88,7 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
             mem = gr.Markdown(memory_note(1), elem_id="pz-memory")
         with gr.Row():
             steps = gr.Slider(10, 2000, 200, step=10, label="Steps", elem_id="pz-steps")
-            lr = gr.Number(1e-3, label="Learning rate", elem_id="pz-lr")
+            lr = gr.Number(None, label="Learning rate (empty: 1e-3, hollowed LoRA 3e-3)", elem_id="pz-lr")
             rank = gr.Slider(1, 64, 4, step=1, label="LoRA rank", elem_id="pz-rank")
             prior = gr.Checkbox(False, label="Prior preservation (class images by the base model)", elem_id="pz-prior")
             samples = gr.Slider(0, 500, 50, step=10, label="Sample preview every N steps", elem_id="pz-samples")
@@ -165,7 +165,7 @@ def build_tab(services: Services, bridge: Any = None, tabs: Any = None) -> None:
             src, _ = source_params(fs, use_demo)
             params = src | {"model": m or "embedded", "subject_word": (sw or "sks").strip(),
                             "class_word": (cw or "toy").strip(), "method": md, "hollow": int(k), "steps": int(n),
-                            "learning_rate": float(rate or 1e-3), "rank": int(r),
+                            "learning_rate": float(rate) if rate else None, "rank": int(r),
                             "prior_preservation": "on" if pp else "off", "samples_every": int(every)}
             try:
                 job = services.jobs.submit(ENGINE, params, origin="ui")
