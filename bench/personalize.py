@@ -246,6 +246,7 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                            "class_images": a.class_images if a.prior_preservation == "on" else 0,
                            "base": base_scores, "runs": {}}
     per: dict[str, list[dict[str, Any]]] = {"plain": [], "hollowed": []}
+    lr = None if a.lr == "engine" else a.lr  # None: the engine's default for each mode
     with tempfile.TemporaryDirectory(prefix="bench-personalize-") as td:
         for seed in a.seeds:
             for mode, k in (("plain", 0), ("hollowed", a.hollow)):
@@ -254,7 +255,6 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                 work, state = Path(td) / f"{mode}-{seed}" / "work", Path(td) / f"{mode}-{seed}" / "state"
                 work.mkdir(parents=True)
                 state.mkdir(parents=True)
-                lr = None if a.lr == "engine" else a.lr  # None: the engine's default for this mode
                 p = PersonalizeParams(demo=True, **words, hollow=k, steps=a.steps, seed=seed, learning_rate=lr,
                                       batch_size=a.batch, samples_every=0, checkpoint_every=max(a.steps, 1),
                                       prior_preservation=a.prior_preservation, class_images=a.class_images)
@@ -267,7 +267,8 @@ def quality(a: argparse.Namespace) -> dict[str, Any]:
                 pipe = fresh()
                 apply_adapter_file(pipe.unet, r.artifacts[0].path, "lora")
                 scores, _ = evaluate(pipe, base, judge, **words, base_images=base_class, **kw)
-                scores |= {"learning_rate": p.learning_rate, "train_wall_s": round(wall, 1), "train_s": r.meta["train_s"],
+                scores |= {"learning_rate": p.learning_rate, "train_wall_s": round(wall, 1),
+                           "train_s": r.meta["train_s"],
                            "precompute_s": r.meta["precompute_s"], "final_loss": round(r.meta["final_loss"], 4),
                            "kept_param_fraction": r.meta["kept_param_fraction"],
                            "class_images": r.meta["class_images"]}
@@ -317,7 +318,7 @@ def merge(paths: list[str]) -> dict[str, Any]:
     assert first is not None
     return {"bench": "personalize", "merged": paths,
             "quality": {k: first.get(k, DEFAULTS.get(k)) for k in SETTINGS} | {
-                "lr": lr if len(set(map(str, lr.values()))) > 1 else first["lr"], "base": first["base"],
+                "lr": lr if len(set(lr.values())) > 1 else first["lr"], "base": first["base"],
                 "runs": runs, "stats": summarize(runs, first["base"])}}
 
 
