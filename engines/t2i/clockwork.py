@@ -1,6 +1,6 @@
 """Clockwork Diffusion for any diffusers ``UNet2DConditionModel``.
 
-The U-Net is split at a downsampling: with ``depth`` d, the high-res part (conv_in, time
+The U-Net is split at a downsampling: with ``depth`` d ≥ 1, the high-res part (conv_in, time
 embedding, ``down_blocks[:d]``, ``up_blocks[-d:]``, output head) runs every step; the low-res
 part (``down_blocks[d:]``, ``mid_block``, ``up_blocks[:-d]``) runs only on clock steps (every
 ``period`` calls, the first always). On the other steps each low-res block returns what
@@ -11,6 +11,13 @@ is this step's output of ``down_blocks[d-1]``. Depth 1 (the first downsampling) 
 paper's split for SD; a deeper cut recomputes more each step (slower cheap steps, smaller
 error) — which one pays off depends on where a model spends its time, so it is measured
 per model (``bench/clockwork.py``) rather than fixed.
+
+Depth 0 cuts inside the top level: only conv_in, the last layer of ``up_blocks[-1]`` (its
+last resnet and, in SD's cross-attention blocks, the attention after it) and the head run
+every step; ``r_out`` is the output of the layer before that one and ``r_in`` is conv_in's
+output (full resolution; the adaptor strides it down). This is the cheapest cheap step a
+U-Net allows (DeepCache's branch 0 recomputes the same layers), so on small U-Nets whose
+cost sits in the low-res levels it is the cut where a learned adaptor can buy speed.
 
 Block lists come from the model itself, so SD1.x/2.x/SDXL and the embedded model all work.
 Patches are installed only inside ``with Clockwork(...)`` and removed on exit.
@@ -33,7 +40,8 @@ class ClockworkAdaptor(nn.Module):
         self.config = {"c_out": c_out, "c_in": c_in, "t_dim": t_dim, "text_dim": text_dim, "hidden": hidden,
                        "depth": depth}
         self.down = nn.Conv2d(c_out, hidden, 3, stride=2, padding=1)
-        self.inp = nn.Conv2d(c_in, hidden, 1)
+        # depth ≥ 1: r_in is already at half resolution; depth 0: r_in is conv_in's full-res output
+        self.inp = nn.Conv2d(c_in, hidden, 1) if depth >= 1 else nn.Conv2d(c_in, hidden, 3, stride=2, padding=1)
         self.cond = nn.Linear(t_dim + text_dim, hidden)
         self.blocks = nn.ModuleList([_ResBlock(hidden, t_dim + text_dim) for _ in range(2)])
         self.up = nn.ConvTranspose2d(hidden, c_out, 4, stride=2, padding=1)
@@ -41,12 +49,14 @@ class ClockworkAdaptor(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, r_in: torch.Tensor, r_prev: torch.Tensor, temb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        # r_in: [B, c_in, h/2, w/2]  r_prev: [B, c_out, h, w]  temb: [B, t_dim]  text: [B, text_dim]
+        # r_in: [B, c_in, h/2, w/2] (depth 0: [B, c_in, h, w])  r_prev: [B, c_out, h, w]
+        # temb: [B, t_dim]  text: [B, text_dim]
         cond = torch.cat([temb, text], -1)  # [B, t_dim + text_dim]
         x = self.down(r_prev)  # [B, hidden, h/2, w/2]
-        if x.shape[-2:] != r_in.shape[-2:]:
-            x = nn.functional.interpolate(x, size=r_in.shape[-2:], mode="nearest")
-        x = x + self.inp(r_in) + self.cond(cond)[:, :, None, None]
+        xi = self.inp(r_in)  # [B, hidden, h/2, w/2]
+        if x.shape[-2:] != xi.shape[-2:]:
+            x = nn.functional.interpolate(x, size=xi.shape[-2:], mode="nearest")
+        x = x + xi + self.cond(cond)[:, :, None, None]
         for blk in self.blocks:
             x = blk(x, cond)
         d = self.up(x)  # [B, c_out, h, w]
@@ -76,7 +86,7 @@ def adaptor_for(unet: Any, hidden: int = 64, depth: int = 1) -> ClockworkAdaptor
     """An untrained adaptor sized for ``unet`` cut at ``depth``."""
     _check_depth(unet, depth)
     c_out = _up_out_channels(unet, depth)
-    c_in = unet.config.block_out_channels[depth - 1]
+    c_in = unet.conv_in.out_channels if depth == 0 else unet.config.block_out_channels[depth - 1]
     t_dim = unet.time_embedding.linear_2.out_features
     text_dim = unet.config.cross_attention_dim
     if isinstance(text_dim, (list, tuple)):
@@ -85,25 +95,56 @@ def adaptor_for(unet: Any, hidden: int = 64, depth: int = 1) -> ClockworkAdaptor
 
 
 def _check_depth(unet: Any, depth: int) -> None:
-    if depth < 1 or len(unet.down_blocks) <= depth or len(unet.up_blocks) <= depth:
+    if depth < 0 or len(unet.down_blocks) <= depth or len(unet.up_blocks) <= depth:
         raise ValueError(f"Clockwork depth {depth} needs a U-Net with more than {depth} resolution levels")
+    if depth == 0 and len(unet.up_blocks[-1].resnets) < 2:
+        raise ValueError("Clockwork depth 0 needs at least two layers in the last up block")
+
+
+def _top_layers(unet: Any) -> list[Any]:
+    """``up_blocks[-1]``'s layers in call order (resnet, then its attention if the block has them)."""
+    blk = unet.up_blocks[-1]
+    attns = list(getattr(blk, "attentions", None) or [])
+    out: list[Any] = []
+    for i, r in enumerate(blk.resnets):
+        out.append(r)
+        if i < len(attns):
+            out.append(attns[i])
+    return out
+
+
+def _top_cached(unet: Any) -> list[Any]:
+    """Depth 0: the layers of ``up_blocks[-1]`` before its last resnet (skipped on cheap steps)."""
+    layers = _top_layers(unet)
+    return layers[:layers.index(unet.up_blocks[-1].resnets[-1])]
 
 
 def r_in_block(unet: Any, depth: int = 1) -> Any:
-    """The block whose output is the low-res path's input at ``depth``."""
-    return unet.down_blocks[depth - 1]
+    """The module whose output is the low-res path's input at ``depth``."""
+    return unet.conv_in if depth == 0 else unet.down_blocks[depth - 1]
 
 
 def r_out_block(unet: Any, depth: int = 1) -> Any:
-    """The block whose output is the low-res path's result at ``depth``."""
-    return unet.up_blocks[-depth - 1]
+    """The module whose output is the low-res path's result at ``depth``."""
+    return _top_cached(unet)[-1] if depth == 0 else unet.up_blocks[-depth - 1]
 
 
 def _up_out_channels(unet: Any, depth: int = 1) -> int:
+    if depth == 0:
+        return unet.up_blocks[-1].resnets[-2].out_channels
     blk = r_out_block(unet, depth)
     if getattr(blk, "upsamplers", None):
         return blk.upsamplers[0].channels
     return blk.resnets[-1].out_channels
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """A block's output tensor (down blocks return tuples, attentions ``(hidden,)`` or an output object)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, tuple):
+        return out[0]
+    return out.sample
 
 
 class Clockwork:
@@ -131,8 +172,11 @@ class Clockwork:
         # down_blocks[d-1]'s downsampler only feeds the low-res path: reuse skips it too; the
         # adaptor needs it fresh (its output is r_in)
         cut = r_in_block(unet, depth)
-        first_down = list(getattr(cut, "downsamplers", None) or []) if mode == "reuse" else []
-        self.low = first_down + list(unet.down_blocks[depth:]) + [unet.mid_block] + list(unet.up_blocks[:-depth])
+        if depth == 0:
+            self.low = list(unet.down_blocks) + [unet.mid_block] + list(unet.up_blocks[:-1]) + _top_cached(unet)
+        else:
+            first_down = list(getattr(cut, "downsamplers", None) or []) if mode == "reuse" else []
+            self.low = first_down + list(unet.down_blocks[depth:]) + [unet.mid_block] + list(unet.up_blocks[:-depth])
         self.r_out_block = r_out_block(unet, depth)
         self.r_in_block = cut
         self.calls = 0
@@ -189,7 +233,7 @@ class Clockwork:
         self._text = ehs.mean(1) if ehs is not None else None  # [B, D] pooled text
 
     def _grab_r_in(self, _m: nn.Module, _inp: Any, out: Any) -> None:
-        self._r_in = out[0] if isinstance(out, tuple) else out
+        self._r_in = first_tensor(out)
 
     def _grab_temb(self, _m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
         self._temb = out
@@ -206,9 +250,12 @@ class Clockwork:
             cached = self.cache[key]
             if is_r_out and self.mode == "adaptor":
                 assert self.adaptor is not None and self._r_in is not None and self._temb is not None
+                prev = first_tensor(cached)
                 text = self._text if self._text is not None else torch.zeros(
-                    cached.shape[0], self.adaptor.config["text_dim"], device=cached.device, dtype=cached.dtype)
-                out = self.adaptor(self._r_in, cached, self._temb.to(cached.dtype), text.to(cached.dtype))
+                    prev.shape[0], self.adaptor.config["text_dim"], device=prev.device, dtype=prev.dtype)
+                est = self.adaptor(self._r_in, prev, self._temb.to(prev.dtype), text.to(prev.dtype))
+                out = est if isinstance(cached, torch.Tensor) else (est,) if isinstance(cached, tuple) else \
+                    type(cached)(sample=est)
                 self.cache[key] = out  # chain: the next cheap step starts from this estimate
                 return out
             return cached

@@ -315,3 +315,127 @@ def test_chain_training_unrolls_the_adaptor(tiny) -> None:  # noqa: ANN001
     assert len(calls) > 10  # some batches unrolled more than one cheap step
     again = ct.train(adaptor_for(loaded.pipe.unet, hidden=8), traj, iters=10, lr=1e-3, chain=3, seed=1)
     assert len(again) == 10
+
+
+def test_depth_zero_cut_recomputes_only_the_top_layer_and_matches_deepcache_branch_0(tiny) -> None:  # noqa: ANN001
+    """Depth 0 is the cheapest cut: conv_in, the last layer of the last up block and the head.
+    Training-free, it is exactly DeepCache's branch 0 (same layers cached, same image)."""
+    from DeepCache import DeepCacheSDHelper
+
+    from engines.pipelines import load_pipeline
+    from engines.t2i.clockwork import Clockwork, adaptor_for
+
+    pipe = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32").pipe
+    pipe.set_progress_bar_config(disable=True)
+    unet = pipe.unet
+    ran: list[str] = []
+    # leaf layers: a skipped module's own hooks still fire (only its forward is replaced)
+    named = [("last", unet.up_blocks[-1].resnets[-1].conv1), ("top0", unet.up_blocks[-1].resnets[0].conv1),
+             ("down0", unet.down_blocks[0].resnets[0].conv1), ("conv_in", unet.conv_in)]
+    hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n)) for n, m in named]
+
+    def image() -> torch.Tensor:
+        return pipe("a red star", num_inference_steps=6, guidance_scale=4.0, height=32, width=32,
+                    generator=torch.Generator().manual_seed(3), output_type="latent").images
+
+    with torch.no_grad():
+        with Clockwork(unet, 3, "reuse", depth=0) as cw:
+            a = image()
+        for h in hooks:
+            h.remove()
+        h = DeepCacheSDHelper(pipe=pipe)
+        h.set_params(cache_interval=3, cache_branch_id=0)
+        h.enable()
+        try:
+            b = image()
+        finally:
+            h.disable()
+        base = image()
+        ad = adaptor_for(unet, hidden=8, depth=0)
+        assert ad.config["depth"] == 0 and ad.config["c_in"] == unet.conv_in.out_channels
+        with Clockwork(unet, 3, "adaptor", ad) as cwa:  # a fresh adaptor starts as plain reuse
+            c = image()
+    assert (cw.full_steps, cw.cheap_steps) == (2, 4) and (cwa.full_steps, cwa.cheap_steps) == (2, 4)
+    assert ran.count("last") == ran.count("conv_in") == 6
+    assert ran.count("top0") == ran.count("down0") == 2
+    assert torch.equal(a, b) and torch.equal(a, c) and not torch.equal(a, base)
+    # distillation at depth 0: r_in is conv_in's full-resolution output
+    from engines.t2i import clockwork_train as ct
+
+    traj = ct.collect(pipe, ["a red star", "a blue ring"], steps=4, guidance=4.0, batch=2, depth=0)
+    c0 = unet.conv_in.out_channels
+    r_in, r_out = traj[0]["r_in"], traj[0]["r_out"]  # [steps, CFG batch, C, h, w], both at full res
+    assert r_in.shape[:3] == (4, 4, c0) and r_out.shape[:3] == (4, 4, ad.config["c_out"])
+    assert r_in.shape[-2:] == r_out.shape[-2:]
+    losses = ct.train(ad, traj, iters=40, lr=3e-3, chain=2)
+    assert sum(losses[-10:]) / 10 < ct.identity_loss(traj)
+
+
+def test_depth_zero_adaptor_on_a_last_block_with_attention(tmp_path) -> None:  # noqa: ANN001
+    """SD's last up block has attentions after its resnets: the cut caches the layer before the
+    last resnet (an attention, whose output is a tuple) and the adaptor must keep that form."""
+    from diffusers import UNet2DConditionModel
+
+    from engines.t2i.clockwork import Clockwork, adaptor_for, load_adaptor, r_out_block, save_adaptor
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8).eval()
+    assert r_out_block(unet, 0) is unet.up_blocks[-1].attentions[1]  # resnet0, attn0, resnet1, attn1 | resnet2
+    ad = adaptor_for(unet, hidden=8, depth=0)
+    with torch.no_grad():
+        for p in ad.up.parameters():
+            p.normal_(0, 0.1)  # a non-identity adaptor, so its output really flows on
+    save_adaptor(ad, tmp_path / "a.safetensors")
+    ad = load_adaptor(tmp_path / "a.safetensors")
+    x, e = torch.randn(2, 4, 8, 8), torch.randn(2, 3, 16)
+    ran: list[int] = []
+    hook = unet.up_blocks[-1].attentions[0].proj_in.register_forward_hook(lambda *_: ran.append(1))
+    with torch.no_grad():
+        ref = [unet(x, t, encoder_hidden_states=e).sample for t in (900, 800)]
+        with Clockwork(unet, 2, "adaptor", ad) as cw:
+            out = [unet(x, t, encoder_hidden_states=e).sample for t in (900, 800)]
+    hook.remove()
+    assert (cw.full_steps, cw.cheap_steps) == (1, 1) and len(ran) == 3  # 2 reference calls + 1 full step
+    assert torch.equal(out[0], ref[0]) and out[1].shape == ref[1].shape and not torch.equal(out[1], ref[1])
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_eps_loss_runs_the_layers_after_the_cut_exactly(tiny, depth) -> None:  # noqa: ANN001
+    """The ε term is only honest if the frozen tail turns the teacher's own r_out into the
+    teacher's own ε; training with it must then lower the guided ε error below plain reuse."""
+    from engines.pipelines import load_pipeline
+    from engines.t2i import clockwork_train as ct
+    from engines.t2i.clockwork import adaptor_for
+
+    pipe = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32").pipe
+    pipe.set_progress_bar_config(disable=True)
+    traj = ct.collect(pipe, ["a red star", "a blue ring"], steps=5, guidance=4.0, batch=2, depth=depth, tail=True)
+    tr = traj[0]
+    tail = ct.Tail(pipe.unet, depth)
+    skips = [tr[f"skip{k}"][2].float() for k in range(len(pipe.unet.up_blocks[-1].resnets))]
+    with torch.no_grad():
+        eps = tail(tr["r_out"][2].float(), skips, tr["emb"][2])
+    assert torch.allclose(eps, tr["eps"][2], atol=2e-2), (eps - tr["eps"][2]).abs().max()  # fp16-stored inputs
+
+    def guided_err(est_fn) -> float:  # noqa: ANN001
+        tot = 0.0
+        with torch.no_grad():
+            for s in range(1, 5):
+                sk = [tr[f"skip{k}"][s].float() for k in range(len(skips))]
+                e = tail(est_fn(s), sk, tr["emb"][s]) - tr["eps"][s]
+                tot += float(ct._guided(e, 4, 4.0).pow(2).mean())
+        return tot
+
+    ad = adaptor_for(pipe.unet, hidden=16, depth=depth)
+    ct.train(ad, traj, iters=80, lr=3e-3, tail=tail, eps_weight=1.0, seed=0)
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # the tail is unfrozen afterwards
+    reuse = guided_err(lambda s: tr["r_out"][s - 1].float())
+    learned = guided_err(lambda s: ad(tr["r_in"][s], tr["r_out"][s - 1].float(), tr["temb"][s], tr["text"][s]))
+    assert learned < reuse, (learned, reuse)
+    with pytest.raises(ValueError, match="tail=True"):
+        ct.train(adaptor_for(pipe.unet, hidden=8, depth=depth),
+                 ct.collect(pipe, ["a red star"], steps=3, guidance=4.0, batch=1, depth=depth),
+                 iters=1, tail=tail)
