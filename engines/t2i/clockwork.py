@@ -263,19 +263,38 @@ class Clockwork:
         return forward
 
 
-def choose_period(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str, default: int = 2) -> int:
-    """The measured period for (sampler, steps, mode) from a Clockwork profile.
+def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str) -> dict[str, Any]:
+    """The measured Clockwork setting for (sampler, steps, mode) from a model's profile:
+    ``{"period": P | None, "depth": d, "adaptor": file name | None}``.
 
-    Profile: {"choices": {sampler: {str(steps): {mode: {"period": P, ...}}}}}. An unmeasured
-    step count takes the choice of the largest measured count below it (fewer steps tolerate
-    less skipping, so never borrow from a longer schedule), else ``default``; an unmeasured
-    sampler falls back to ``default`` too (error depends on the solver)."""
+    Profile: {"choices": {sampler: {str(steps): {mode: {"period": P, "depth": d, "adaptor": F}}}}}.
+    An unmeasured step count takes the choice of the largest measured count below it (fewer
+    steps tolerate less skipping, so never borrow from a longer schedule); an unmeasured
+    sampler gets nothing (error depends on the solver). ``adaptor`` names an adaptor file
+    beside the model's weights (a plain ``*.safetensors`` name; anything else is ignored), so
+    one model can carry adaptors distilled for different step counts."""
+    import re
+
+    out: dict[str, Any] = {"period": None, "depth": 1, "adaptor": None}
     table = ((profile or {}).get("choices") or {}).get(sampler) or {}
     below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
     if not below:
-        return default
-    p = table[str(below[-1])][mode].get("period")
-    return int(p) if isinstance(p, int) and 2 <= p <= 16 else default
+        return out
+    entry = table[str(below[-1])][mode] or {}
+    p, d, a = entry.get("period"), entry.get("depth"), entry.get("adaptor")
+    if isinstance(p, int) and 2 <= p <= 16:
+        out["period"] = p
+    if isinstance(d, int) and 0 <= d <= 4:
+        out["depth"] = d
+    if isinstance(a, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,100}\.safetensors", a) and not a.startswith("."):
+        out["adaptor"] = a
+    return out
+
+
+def choose_period(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str, default: int = 2) -> int:
+    """The measured period for (sampler, steps, mode), else ``default`` (see ``choose_setting``)."""
+    p = choose_setting(profile, sampler, steps, mode)["period"]
+    return default if p is None else int(p)
 
 
 def load_adaptor(path: Any, device: str = "cpu", dtype: Any = None) -> ClockworkAdaptor:

@@ -98,13 +98,17 @@ class T2IEngine(Engine):
                 raise EngineError(f"cannot read init_image: {e}") from None
         steps_per_pass = max(1, min(int(params.steps * params.strength), params.steps)) if init else params.steps
         seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
-        if params.clockwork != "off" and params.clock_period is None:
-            params = params.model_copy(update={"clock_period": self._period(loaded, params)})
+        clock: dict[str, Any] = {}
+        if params.clockwork != "off":
+            clock = self._clock_choice(loaded, params)
+            if params.clock_period is None:
+                params = params.model_copy(update={"clock_period": clock["period"] or 2})
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
                      steps_per_pass=steps_per_pass, total=steps_per_pass * params.batch_count, seed=seed,
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
                      preview_path=ctx.work_dir / "preview.png",
-                     adaptor=self._adaptor(loaded, ctx) if params.clockwork == "adaptor" else None)
+                     adaptor=self._adaptor(loaded, ctx, clock.get("adaptor")) if params.clockwork == "adaptor" else None,
+                     clock_depth=int(clock.get("depth", 1)) if params.clockwork == "reuse" else None)
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:
@@ -140,7 +144,8 @@ class T2IEngine(Engine):
                 if params.clockwork != "off":
                     from engines.t2i.clockwork import Clockwork
 
-                    with Clockwork(plan.run_pipe.unet, params.clock_period, params.clockwork, plan.adaptor) as cw:
+                    with Clockwork(plan.run_pipe.unet, params.clock_period, params.clockwork, plan.adaptor,
+                                   depth=plan.clock_depth or 1) as cw:
                         images = plan.run_pipe(**call).images
                     cheap += cw.cheap_steps
                 else:
@@ -166,6 +171,8 @@ class T2IEngine(Engine):
                     "params": plan.used, "model_hash": loaded.model_hash, "parameters": text}))
         return EngineResult(artifacts, {"seed": plan.seed, "images": len(artifacts), "model": loaded.name,
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
+                                        "clockwork_cut_depth": (None if params.clockwork == "off" else plan.clock_depth
+                                                                if plan.adaptor is None else plan.adaptor.config["depth"]),
                                         "steps_total": plan.total, "adapter_switch_ms": round(switch_ms, 2)})
 
     @staticmethod
@@ -186,10 +193,11 @@ class T2IEngine(Engine):
         return dest
 
     @staticmethod
-    def _period(loaded: LoadedPipeline, params: T2IParams) -> int:
-        """The clock period the model's profile measured best for this sampler, step count and
-        mode (a profile made for other weights is ignored); 2 without one."""
-        from engines.t2i.clockwork import choose_period
+    def _clock_choice(loaded: LoadedPipeline, params: T2IParams) -> dict[str, Any]:
+        """The Clockwork setting the model's profile measured best for this sampler, step count
+        and mode — period, cut depth, adaptor file (a profile made for other weights is
+        ignored); period 2 at depth 1 with the model's default adaptor without one."""
+        from engines.t2i.clockwork import choose_setting
 
         if "clockwork_profile" not in loaded.extras:
             path = profile_path(loaded.spec)
@@ -202,14 +210,19 @@ class T2IEngine(Engine):
             if not isinstance(prof, dict) or prof.get("model_hash") != loaded.model_hash:
                 prof = None
             loaded.extras["clockwork_profile"] = prof
-        return choose_period(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork)
+        return choose_setting(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork)
 
     @staticmethod
-    def _adaptor(loaded: LoadedPipeline, ctx: EngineContext) -> Any:
+    def _adaptor(loaded: LoadedPipeline, ctx: EngineContext, name: str | None = None) -> Any:
+        """The model's Clockwork adaptor, or the named one beside it (the profile's choice for
+        this step count); a named file that is missing falls back to the default adaptor."""
         from engines.t2i.clockwork import load_adaptor
 
-        if "clockwork" not in loaded.extras:
-            path = adaptor_path(loaded.spec)
+        cache = loaded.extras.setdefault("clockwork", {})
+        path = adaptor_path(loaded.spec)
+        if name and (path.parent / name).is_file():
+            path = path.parent / name
+        if path.name not in cache:
             if not path.is_file():
                 raise EngineError(f"no Clockwork adaptor trained for this model ({path} is missing); use "
                                   "clockwork=reuse or train one with `studio train-clockwork`")
@@ -220,8 +233,8 @@ class T2IEngine(Engine):
             if trained_for and trained_for != loaded.model_hash:
                 raise EngineError("the Clockwork adaptor was trained for another version of this model; retrain it "
                                   "with `studio train-clockwork` or use clockwork=reuse")
-            loaded.extras["clockwork"] = load_adaptor(path, ctx.device, loaded.pipe.unet.dtype)
-        return loaded.extras["clockwork"]
+            cache[path.name] = load_adaptor(path, ctx.device, loaded.pipe.unet.dtype)
+        return cache[path.name]
 
 
 @dataclass(frozen=True)
@@ -239,3 +252,4 @@ class _Plan:
     used: dict[str, Any]  # params as used (seed, size, guidance resolved): provenance
     preview_path: Path
     adaptor: Any  # the Clockwork adaptor module, or None
+    clock_depth: int | None = None  # Clockwork reuse: resolution levels run every step

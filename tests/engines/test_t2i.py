@@ -252,6 +252,22 @@ def test_choose_period_follows_the_measured_profile() -> None:
     assert choose_period(bad, "DPM++ 2M", 8, "adaptor") == 2
 
 
+def test_choose_setting_reads_depth_and_adaptor_file_and_refuses_paths() -> None:
+    from engines.t2i.clockwork import choose_setting
+
+    prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 3, "adaptor": "cw_s8.safetensors"},
+                                           "reuse": {"period": 2, "depth": 0}},
+                                     "20": {"adaptor": {"period": 5, "adaptor": "../../etc/x.safetensors"}}}}}
+    assert choose_setting(prof, "DPM++ 2M", 8, "adaptor") == {"period": 3, "depth": 1, "adaptor": "cw_s8.safetensors"}
+    assert choose_setting(prof, "DPM++ 2M", 8, "reuse") == {"period": 2, "depth": 0, "adaptor": None}
+    # a profile is a file beside the weights, but a name with a path in it is never followed
+    assert choose_setting(prof, "DPM++ 2M", 20, "adaptor")["adaptor"] is None
+    for bad in ("/abs.safetensors", ".hidden.safetensors", "a/b.safetensors", "x.bin", 3):
+        p2 = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 2, "adaptor": bad}}}}}
+        assert choose_setting(p2, "DPM++ 2M", 8, "adaptor")["adaptor"] is None
+    assert choose_setting(None, "Euler", 8, "reuse") == {"period": None, "depth": 1, "adaptor": None}
+
+
 def test_empty_clock_period_uses_the_profile_of_these_weights(tiny, tmp_path) -> None:  # noqa: ANN001
     import json
     import shutil
@@ -275,6 +291,42 @@ def test_empty_clock_period_uses_the_profile_of_these_weights(tiny, tmp_path) ->
     assert run.meta["clockwork_cheap_steps"] == 6 and "Clockwork: reuse/4" in run.artifacts[0].meta["parameters"]
     run = T2IEngine().run(params(model, steps=8, clockwork="reuse", clock_period=2), make_ctx(tmp_path / "d", {}))
     assert run.meta["clockwork_cheap_steps"] == 4  # an explicit period wins
+    assert run.meta["clockwork_cut_depth"] == 1
+
+
+def test_profile_picks_the_cut_and_the_adaptor_file_per_step_count(tiny, tmp_path) -> None:  # noqa: ANN001
+    """A model can carry one adaptor per step count (and cut); the profile says which to use."""
+    import json
+    import shutil
+
+    from engines.pipelines import load_pipeline
+    from engines.t2i.clockwork import ClockworkAdaptor, adaptor_for, save_adaptor
+    from engines.t2i.engine import adaptor_path, profile_path
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    spec = ModelSpec("m", "diffusers", model)
+    loaded = load_pipeline(spec, "cpu", "float32")
+    save_adaptor(adaptor_for(loaded.pipe.unet, hidden=8, depth=1), adaptor_path(spec))
+    save_adaptor(adaptor_for(loaded.pipe.unet, hidden=8, depth=0), model / "cw_s8.safetensors")
+    profile_path(spec).write_text(json.dumps({"model_hash": loaded.model_hash, "choices": {"DPM++ 2M": {
+        "8": {"adaptor": {"period": 3, "adaptor": "cw_s8.safetensors"}, "reuse": {"period": 2, "depth": 0}},
+        "12": {"adaptor": {"period": 2, "adaptor": "missing.safetensors"}}}}}))
+    seen: list[int] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, *_: seen.append(m.config["depth"]) if isinstance(m, ClockworkAdaptor) else None)
+    try:
+        cache: dict = {}
+        run = T2IEngine().run(params(model, steps=8, clockwork="adaptor"), make_ctx(tmp_path / "a", cache))
+        assert run.meta["clockwork_cheap_steps"] == 5 and run.meta["clockwork_cut_depth"] == 0
+        assert seen and set(seen) == {0}  # the step count's own adaptor
+        seen.clear()
+        run = T2IEngine().run(params(model, steps=12, clockwork="adaptor"), make_ctx(tmp_path / "b", cache))
+        assert run.meta["clockwork_cut_depth"] == 1 and set(seen) == {1}  # missing file: the default one
+    finally:
+        hook.remove()
+    run = T2IEngine().run(params(model, steps=8, clockwork="reuse"), make_ctx(tmp_path / "c", cache))
+    assert run.meta["clockwork_cut_depth"] == 0 and run.meta["clockwork_cheap_steps"] == 4
 
 
 def test_deeper_cut_skips_only_the_deeper_blocks(tiny, cache) -> None:  # noqa: ANN001
