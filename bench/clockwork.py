@@ -54,6 +54,7 @@ class Setting:
     branch: int = 0  # deepcache: cache branch id (0 = shallowest cut, most skipped)
     depth: int = 1  # clockwork: resolution levels that run every step
     adaptor: str = ""  # clockwork adaptor mode: which adaptor (label)
+    full_at: tuple[int, ...] | None = None  # clockwork: steps run in full (a schedule instead of a period)
 
     @property
     def name(self) -> str:
@@ -61,7 +62,8 @@ class Setting:
             return "base"
         if self.method == "clockwork":
             what = "reuse" if self.mode == "reuse" else self.adaptor
-            return f"clockwork-{what}-d{self.depth}-p{self.period}"
+            clock = f"p{self.period}" if self.full_at is None else "s" + ".".join(map(str, self.full_at))
+            return f"clockwork-{what}-d{self.depth}-{clock}"
         return f"deepcache-i{self.period}-b{self.branch}"
 
 
@@ -81,7 +83,7 @@ def applied(pipe: Any, s: Setting, adaptors: dict[str, Any]) -> Iterator[None]:
     elif s.method == "clockwork":
         from engines.t2i.clockwork import Clockwork
 
-        with Clockwork(pipe.unet, s.period, s.mode, adaptors.get(s.adaptor), depth=s.depth):
+        with Clockwork(pipe.unet, s.period, s.mode, adaptors.get(s.adaptor), depth=s.depth, full_at=s.full_at):
             yield
     elif s.method == "deepcache":
         from DeepCache import DeepCacheSDHelper
@@ -98,12 +100,16 @@ def applied(pipe: Any, s: Setting, adaptors: dict[str, Any]) -> Iterator[None]:
 
 
 def settings(periods: list[int], depths: list[int], intervals: list[int], branches: list[int],
-             adaptors: dict[str, Any]) -> list[Setting]:
+             adaptors: dict[str, Any], steps: int | None = None, only_at: dict[str, set[int]] | None = None
+             ) -> list[Setting]:
+    """Every setting to measure at ``steps``; an adaptor listed in ``only_at`` is measured only at
+    its step counts (one distilled for 8 steps need not be timed at 20)."""
     out = [Setting("base")]
+    use = {k: a for k, a in adaptors.items() if steps is None or not (only_at or {}).get(k) or steps in only_at[k]}
     for p in periods:
         out += [Setting("clockwork", p, "reuse", depth=d) for d in depths]
         out += [Setting("clockwork", p, "adaptor", depth=int(a.config.get("depth", 1)), adaptor=label)
-                for label, a in adaptors.items()]
+                for label, a in use.items()]
     out += [Setting("deepcache", i, branch=b) for i in intervals for b in branches]
     return out
 
@@ -181,10 +187,12 @@ def best(rows: dict[str, dict[str, Any]], method: str, max_loss: float, mode: st
     return max(ok, key=lambda n: rows[n]["speedup"]["mean"])
 
 
-def write_profile(path: Path, model_hash: str, sampler: str, runs: list[dict[str, Any]], argv: list[str]) -> None:
-    """Record, per step count and Clockwork mode, the fastest depth-1 setting within the loss
-    budget — what t2i uses when a job leaves ``clock_period`` empty. Earlier entries for other
-    samplers are kept."""
+def write_profile(path: Path, model_hash: str, sampler: str, runs: list[dict[str, Any]], argv: list[str],
+                  files: dict[str, Path] | None = None) -> None:
+    """Record, per step count and Clockwork mode, the fastest setting within the loss budget —
+    period, cut depth and (adaptor mode) which adaptor file — what t2i uses when a job leaves
+    ``clock_period`` empty. Only adaptors stored beside the model's weights can be named (t2i
+    opens nothing else). Earlier entries for other samplers are kept."""
     prof: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -194,14 +202,20 @@ def write_profile(path: Path, model_hash: str, sampler: str, runs: list[dict[str
     if prof.get("model_hash") != model_hash:
         prof = {}
     table: dict[str, Any] = {}
+    local = {k for k, f in (files or {}).items() if f.resolve().parent == path.resolve().parent}
     for run in runs:
-        rows = {n: r for n, r in run["settings"].items() if r["depth"] in (None, 1)}
+        rows = {n: r for n, r in run["settings"].items()
+                if r["method"] != "clockwork" or r["mode"] == "reuse" or r["adaptor"] in local}
         entry = {}
         for mode in ("reuse", "adaptor"):
             n = best(rows, "clockwork", run["max_loss"], mode)
             if n != "base":
                 r = rows[n]
-                entry[mode] = {"period": r["period"], "loss_points": r["loss"], "speedup": r["speedup"]}
+                entry[mode] = {"period": r["period"], "depth": r["depth"], "loss_points": r["loss"],
+                               "speedup": r["speedup"]}
+                if mode == "adaptor":
+                    entry[mode]["adaptor"] = (files or {})[r["adaptor"]].name
+        entry["measured_by"] = "studio bench clockwork " + " ".join(argv)  # per step count: runs can differ
         table[str(run["steps"])] = entry
     old = prof.get("choices") or {}
     prof = {"model_hash": model_hash, "choices": old | {sampler: (old.get(sampler) or {}) | table},
@@ -283,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--sampler", default="DPM++ 2M")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--adaptors", type=Path, nargs="*", default=None,
-                    help="adaptor files, each measured at every period (default: the model's own)")
+    ap.add_argument("--adaptors", nargs="*", default=None,
+                    help="adaptor files, each measured at every period (default: the model's own); "
+                         "FILE@8,20 measures one only at those step counts")
     ap.add_argument("--write-profile", action="store_true",
                     help="record the best Clockwork period per step count for t2i's automatic choice")
     ap.add_argument("--sd15", action="store_true", help="also time an SD1.5-shaped U-Net at 256x256")
@@ -317,19 +332,33 @@ def _run(args: argparse.Namespace) -> int:
     pipe = loaded.pipe
     pipe.scheduler = make_scheduler(args.sampler, loaded.base_scheduler)
     pipe.set_progress_bar_config(disable=True)
-    files = [f for f in (args.adaptors if args.adaptors is not None else [adaptor_path(spec)]) if f.is_file()]
-    labels = [f"adaptor{i}" if len(files) > 1 else "adaptor" for i in range(len(files))]
+    specs = args.adaptors if args.adaptors is not None else [str(adaptor_path(spec))]
+    files: list[Path] = []
+    only_at: dict[str, set[int]] = {}
+    labels: list[str] = []
+    for item in specs:
+        f, _, at = item.partition("@")
+        if not Path(f).is_file():
+            raise SystemExit(f"no adaptor file {f}")
+        label = Path(f).name.removesuffix(".safetensors")
+        if label in labels:
+            raise SystemExit(f"two adaptors named {label}")
+        files.append(Path(f))
+        labels.append(label)
+        if at:
+            only_at[label] = {int(x) for x in at.split(",")}
     adaptor = {k: load_adaptor(f) for k, f in zip(labels, files)}
     judge = wm.load_judge(judge_dir())
-    ss = settings(args.periods, args.depths, args.dc_intervals, args.dc_branches, adaptor)
     out: dict[str, Any] = {"model": str(path), "sampler": args.sampler, "guidance": args.guidance,
                            "max_loss_points": args.max_loss,
                            "adaptors": {k: {"file": str(f), **a.config} for (k, a), f in zip(adaptor.items(), files)},
                            "threads": torch.get_num_threads(), "runs": []}
     for steps in args.steps:
+        ss = settings(args.periods, args.depths, args.dc_intervals, args.dc_branches, adaptor, steps, only_at)
         out["runs"].append(compare(pipe, judge, ss, steps, args, adaptor))
     if args.write_profile:
-        write_profile(profile_path(spec), loaded.model_hash, args.sampler, out["runs"], args.argv)
+        write_profile(profile_path(spec), loaded.model_hash, args.sampler, out["runs"], args.argv,
+                      dict(zip(labels, files)))
         out["profile"] = str(profile_path(spec))
     if args.sd15:
         out["sd15_unet"] = sd15_unet_loop(steps=args.sd15_steps, period=args.sd15_period, rounds=2)

@@ -2,12 +2,16 @@
 
 The teacher is the model itself: full sampling trajectories are unrolled from noise for
 each caption with the chosen sampler and step count, recording at every U-Net call the
-low-res path's input ``r_in(t)`` (output of ``down_blocks[0]``), its output ``r_out(t)``
-(output of ``up_blocks[-2]``), the time embedding and the pooled text. The adaptor learns
-r_out(t) ≈ φ(r_in(t), r_out(t+1), t_emb, text) with an L2 loss on consecutive steps.
+low-res path's input ``r_in(t)`` (output of ``down_blocks[0]``; conv_in's at depth 0), its
+output ``r_out(t)`` (output of ``up_blocks[-2]``; of the layer before the last one at depth 0),
+the time embedding and the pooled text. The adaptor learns r_out(t) ≈ φ(r_in(t), r_out(t+1),
+t_emb, text) with an L2 loss on consecutive steps, plus (``--eps-weight``) the error of the ε
+it leads to, through the frozen layers after the cut and combined as classifier-free guidance
+combines it. On the embedded model the ε term is what makes long periods usable: feature L2
+alone ranks errors by size, not by how much they move the image.
 
     studio train-clockwork --model embedded [--captions FILE] [--sampler-steps 8 20]
-        [--samplers "DPM++ 2M" Euler] [--chain 3] [--iters 3000]
+        [--samplers "DPM++ 2M" Euler] [--chain 3] [--iters 3000] [--depth 0|1] [--eps-weight W]
 
 One adaptor serves several samplers and step counts (trajectories of each are mixed in
 training: φ sees the time embedding, not the step index); ``--chain`` trains it for clock
@@ -235,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--depth", type=int, default=1,
                     help="resolution levels that run every step (0: only conv_in and the last layer)")
-    ap.add_argument("--eps-weight", type=float, default=0.0,
+    ap.add_argument("--eps-weight", type=float, default=None,
                     help="weight of the guided ε error (through the frozen layers after the cut) beside the "
-                         "feature error; 0: features only, as in the paper")
+                         "feature error; 0: features only, as in the paper; default 1 where the layers after "
+                         "the cut have no attention (the embedded model), else 0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="default: next to the model (picked up by t2i)")
     args = ap.parse_args(argv)
@@ -255,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = ModelSpec(ref=args.model, kind="diffusers", path=path)
     loaded = load_pipeline(spec, "cpu", "float32")
     pipe = loaded.pipe
+    if args.eps_weight is None:
+        try:
+            Tail(pipe.unet, args.depth)
+            args.eps_weight = 1.0
+        except ValueError as e:
+            print(f"features-only loss: {e}", file=sys.stderr)
+            args.eps_weight = 0.0
     caps = (args.captions.read_text().splitlines() if args.captions else default_captions(args.n_captions, args.seed))
     caps = [c.strip() for c in caps if c.strip()]
     t0 = time.time()
