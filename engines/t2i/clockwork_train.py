@@ -126,7 +126,7 @@ def _guided(e: torch.Tensor, rows: int, g: float) -> torch.Tensor:
 
 def train(adaptor: torch.nn.Module, trajectories: list[dict[str, torch.Tensor]], iters: int, lr: float = 1e-3,
           batch: int = 32, seed: int = 0, on_step: Callable[[int, float], None] | None = None,
-          chain: int = 1, tail: Tail | None = None, eps_weight: float = 1.0) -> list[float]:
+          chain: int = 1, tail: Tail | None = None, eps_weight: float = 1.0, clip: float = 1.0) -> list[float]:
     """L2 between φ's estimates and the teacher's r_out; returns the loss curve.
 
     ``chain`` k > 1 unrolls φ as the sampler will use it at clock period k + 1: from a full
@@ -188,6 +188,9 @@ def train(adaptor: torch.nn.Module, trajectories: list[dict[str, torch.Tensor]],
         loss = loss / k
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # the ε term through a chain has heavy-tailed batches (a few steps dominate): clip so one
+        # cannot throw the adaptor off
+        torch.nn.utils.clip_grad_norm_(adaptor.parameters(), clip)
         opt.step()
         sched.step()
         losses.append(loss.item())
