@@ -218,8 +218,9 @@ def write_profile(path: Path, model_hash: str, sampler: str, runs: list[dict[str
         entry["measured_by"] = "studio bench clockwork " + " ".join(argv)  # per step count: runs can differ
         table[str(run["steps"])] = entry
     old = prof.get("choices") or {}
+    # the command is kept per step count (each run may measure only some of them)
     prof = {"model_hash": model_hash, "choices": old | {sampler: (old.get(sampler) or {}) | table},
-            "measured_by": "studio bench clockwork " + " ".join(argv), "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d")}
     path.write_text(json.dumps(prof, indent=1))
 
 
