@@ -54,7 +54,6 @@ class Setting:
     branch: int = 0  # deepcache: cache branch id (0 = shallowest cut, most skipped)
     depth: int = 1  # clockwork: resolution levels that run every step
     adaptor: str = ""  # clockwork adaptor mode: which adaptor (label)
-    full_at: tuple[int, ...] | None = None  # clockwork: steps run in full (a schedule instead of a period)
 
     @property
     def name(self) -> str:
@@ -62,8 +61,7 @@ class Setting:
             return "base"
         if self.method == "clockwork":
             what = "reuse" if self.mode == "reuse" else self.adaptor
-            clock = f"p{self.period}" if self.full_at is None else "s" + ".".join(map(str, self.full_at))
-            return f"clockwork-{what}-d{self.depth}-{clock}"
+            return f"clockwork-{what}-d{self.depth}-p{self.period}"
         return f"deepcache-i{self.period}-b{self.branch}"
 
 
@@ -83,7 +81,7 @@ def applied(pipe: Any, s: Setting, adaptors: dict[str, Any]) -> Iterator[None]:
     elif s.method == "clockwork":
         from engines.t2i.clockwork import Clockwork
 
-        with Clockwork(pipe.unet, s.period, s.mode, adaptors.get(s.adaptor), depth=s.depth, full_at=s.full_at):
+        with Clockwork(pipe.unet, s.period, s.mode, adaptors.get(s.adaptor), depth=s.depth):
             yield
     elif s.method == "deepcache":
         from DeepCache import DeepCacheSDHelper

@@ -156,14 +156,9 @@ class Clockwork:
     """
 
     def __init__(self, unet: Any, period: int = 2, mode: str = "reuse", adaptor: ClockworkAdaptor | None = None,
-                 depth: int = 1, full_at: tuple[int, ...] | None = None) -> None:
+                 depth: int = 1) -> None:
         if period < 1:
             raise ValueError("clock period must be ≥ 1")
-        if full_at is not None and (0 not in full_at or any(i < 0 for i in full_at)):
-            raise ValueError("a clock schedule must run step 0 in full and list no negative step")
-        # full_at: the U-Net calls of a trajectory that run in full (a measured non-uniform
-        # schedule); None: every ``period``-th call
-        self.full_at = frozenset(full_at) if full_at is not None else None
         if mode == "adaptor" and adaptor is None:
             raise ValueError("adaptor mode needs a trained adaptor")
         if mode == "adaptor":
@@ -228,8 +223,7 @@ class Clockwork:
             self.calls = 0
             self.cache.clear()
         self._last_t, self._batch = t_val, batch
-        due = self.calls in self.full_at if self.full_at is not None else self.calls % self.period == 0
-        self.full = due or not self.cache
+        self.full = self.calls % self.period == 0 or not self.cache
         self.calls += 1
         if self.full:
             self.full_steps += 1

@@ -103,7 +103,7 @@ class Tail:
         blk = unet.up_blocks[-1]
         if depth not in (0, 1) or getattr(blk, "attentions", None):
             raise ValueError("the ε loss needs depth 0 or 1 and a last up block without attention")
-        self.unet, self.depth, self.n = unet, depth, len(blk.resnets)
+        self.unet, self.depth = unet, depth
 
     def __call__(self, r_out: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         # r_out [b, c_out, h, w]; skips[k] [b, C_k, h, w] (the last up block's res_hidden_states_tuple)
@@ -289,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
                    eps_weight=args.eps_weight,
                    on_step=lambda i, l: print(f"iter {i} loss {l:.5f}", file=sys.stderr) if i % 200 == 0 else None)
     out = args.out or adaptor_path(spec)
-    tail = sum(losses[-50:]) / min(50, len(losses))
+    final = sum(losses[-50:]) / min(50, len(losses))
     info = {"samplers": args.samplers, "sampler_steps": args.sampler_steps, "chain": args.chain, "depth": args.depth,
             "eps_weight": args.eps_weight,
             "guidance": args.guidance, "hidden": args.hidden, "captions": len(caps), "iters": args.iters,
-            "identity_loss": base, "final_loss": tail,
+            "identity_loss": base, "final_loss": final,
             "model_hash": loaded.model_hash}
     save_adaptor(adaptor, out, info)
     print(json.dumps(info | {"out": str(out), "params": sum(p.numel() for p in adaptor.parameters()),

@@ -103,12 +103,13 @@ class T2IEngine(Engine):
             clock = self._clock_choice(loaded, params)
             if params.clock_period is None:
                 params = params.model_copy(update={"clock_period": clock["period"] or 2})
+        adaptor = self._adaptor(loaded, ctx, clock.get("adaptor")) if params.clockwork == "adaptor" else None
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
                      steps_per_pass=steps_per_pass, total=steps_per_pass * params.batch_count, seed=seed,
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
                      preview_path=ctx.work_dir / "preview.png",
-                     adaptor=self._adaptor(loaded, ctx, clock.get("adaptor")) if params.clockwork == "adaptor" else None,
-                     clock_depth=int(clock.get("depth", 1)) if params.clockwork == "reuse" else None)
+                     adaptor=adaptor, clock_depth=None if params.clockwork == "off" else
+                     adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)))
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:
@@ -145,7 +146,7 @@ class T2IEngine(Engine):
                     from engines.t2i.clockwork import Clockwork
 
                     with Clockwork(plan.run_pipe.unet, params.clock_period, params.clockwork, plan.adaptor,
-                                   depth=plan.clock_depth or 1) as cw:
+                                   depth=plan.clock_depth) as cw:
                         images = plan.run_pipe(**call).images
                     cheap += cw.cheap_steps
                 else:
@@ -171,8 +172,7 @@ class T2IEngine(Engine):
                     "params": plan.used, "model_hash": loaded.model_hash, "parameters": text}))
         return EngineResult(artifacts, {"seed": plan.seed, "images": len(artifacts), "model": loaded.name,
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
-                                        "clockwork_cut_depth": (None if params.clockwork == "off" else plan.clock_depth
-                                                                if plan.adaptor is None else plan.adaptor.config["depth"]),
+                                        "clockwork_cut_depth": plan.clock_depth,
                                         "steps_total": plan.total, "adapter_switch_ms": round(switch_ms, 2)})
 
     @staticmethod
@@ -252,4 +252,4 @@ class _Plan:
     used: dict[str, Any]  # params as used (seed, size, guidance resolved): provenance
     preview_path: Path
     adaptor: Any  # the Clockwork adaptor module, or None
-    clock_depth: int | None = None  # Clockwork reuse: resolution levels run every step
+    clock_depth: int | None = None  # Clockwork: resolution levels run every step (None: Clockwork off)
