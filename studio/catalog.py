@@ -30,7 +30,7 @@ def model_facts(spec_path: Any) -> dict[str, Any]:
     from pathlib import Path
 
     p = Path(spec_path)
-    facts: dict[str, Any] = {"native": None, "guidance": 7.0, "vocabulary": None}
+    facts: dict[str, Any] = {"native": None, "guidance": 7.0, "vocabulary": None, "grammar": False}
     if not p.is_dir():
         return facts
     try:
@@ -39,6 +39,9 @@ def model_facts(spec_path: Any) -> dict[str, Any]:
         facts["native"] = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    from engines.world.compose import speaks_world
+
+    facts["grammar"] = speaks_world(p)  # the t2i engine reads its prompts into objects (layout=auto)
     if (p / "world_train.json").is_file():  # the embedded world family
         from engines.world import generator as g
 
@@ -48,6 +51,15 @@ def model_facts(spec_path: Any) -> dict[str, Any]:
             "position": [f"in the {p}" if p == "center" else f"at the {p}" for p in g.POSITIONS],
             "size": list(g.SIZES), "style": list(g.STYLES), "words": g.world_words()}
     return facts
+
+
+def prompt_reading(prompt: str) -> tuple[str, list[str]] | None:
+    """How the t2i engine reads a prompt for a model with the world grammar (layout=auto): the
+    objects it will draw, and the words it will not use; None when it names no known shape."""
+    from engines.world.prompt_parse import parse
+
+    parsed = parse(prompt[:4000])
+    return None if parsed is None else (parsed.describe(), parsed.ignored)
 
 
 def unknown_words(prompt: str, words: list[str]) -> list[str]:

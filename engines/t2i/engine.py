@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from engines.base import Artifact, Cancelled, Engine, EngineContext, EngineError
 from engines.pipelines import LoadedPipeline, default_guidance, load_pipeline, make_scheduler
 from engines.t2i.metadata import a1111_parameters, pnginfo
 from engines.t2i.params import T2IParams
+from engines.world.compose import speaks_world
 
 VERSION = "Studio 0.1"
 ADAPTOR_FILE = "clockwork_adaptor.safetensors"
@@ -109,7 +111,8 @@ class T2IEngine(Engine):
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
                      preview_path=ctx.work_dir / "preview.png",
                      adaptor=adaptor, clock_depth=None if params.clockwork == "off" else
-                     adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)))
+                     adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)),
+                     layout=params.layout == "auto" and loaded.spec.path.is_dir() and speaks_world(loaded.spec.path))
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:
@@ -119,6 +122,7 @@ class T2IEngine(Engine):
         artifacts: list[Artifact] = []
         done = 0
         cheap = 0
+        regional = 0  # images drawn region by region (layout)
         for b in range(params.batch_count):
             ctx.check_cancelled()
             seeds = [(plan.seed + b * params.batch_size + k) % 2**32 for k in range(params.batch_size)]
@@ -133,7 +137,14 @@ class T2IEngine(Engine):
                 ctx.progress(step, plan.total, f"step {step}/{plan.total}", pv)
                 return kw
 
-            call: dict[str, Any] = dict(prompt=[params.prompt] * params.batch_size,
+            prompts, region_ctx, layouts = [params.prompt] * params.batch_size, nullcontext(), [None] * len(seeds)
+            if plan.layout:  # the world model: prompt read into objects, one region each (engines.world.compose)
+                from engines.world.compose import prepare
+
+                prompts, region_ctx, plans = prepare(pipe, prompts, seeds, plan.height, plan.width)
+                layouts = [p.as_dict() for p in plans]
+                regional += sum(len(p.regions) >= 2 for p in plans)
+            call: dict[str, Any] = dict(prompt=prompts,
                                         negative_prompt=[params.negative_prompt] * params.batch_size,
                                         num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
                                         generator=gens, callback_on_step_end=on_step, output_type="pil")
@@ -142,15 +153,16 @@ class T2IEngine(Engine):
             else:
                 call |= {"height": plan.height, "width": plan.width}
             try:
-                if params.clockwork != "off":
-                    from engines.t2i.clockwork import Clockwork
+                with region_ctx:  # its pre-hook comes first, so Clockwork sees the widened batch
+                    if params.clockwork != "off":
+                        from engines.t2i.clockwork import Clockwork
 
-                    with Clockwork(plan.run_pipe.unet, params.clock_period, params.clockwork, plan.adaptor,
-                                   depth=plan.clock_depth) as cw:
+                        with Clockwork(plan.run_pipe.unet, params.clock_period, params.clockwork, plan.adaptor,
+                                       depth=plan.clock_depth) as cw:
+                            images = plan.run_pipe(**call).images
+                        cheap += cw.cheap_steps
+                    else:
                         images = plan.run_pipe(**call).images
-                    cheap += cw.cheap_steps
-                else:
-                    images = plan.run_pipe(**call).images
             except Cancelled:
                 raise
             except torch.OutOfMemoryError as e:
@@ -163,16 +175,20 @@ class T2IEngine(Engine):
                     "ref": params.model, "kind": loaded.spec.kind, "name": loaded.name, "hash": loaded.model_hash},
                     "device": ctx.device, "dtype": str(pipe.unet.dtype).replace("torch.", ""), "version": VERSION,
                     "adapters": adapter_info}
+                if layouts[k] is not None:
+                    studio_meta["layout"] = layouts[k]
                 text = a1111_parameters(plan.used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION,
                                         adapter_info)
                 path = ctx.work_dir / f"{plan.seed}-{idx:03d}.png"
                 img.save(path, pnginfo=pnginfo(text, studio_meta))
                 artifacts.append(Artifact(path, "image", "image/png", {
                     "prompt": params.prompt, "negative_prompt": params.negative_prompt, "seed": s, "index": idx,
-                    "params": plan.used, "model_hash": loaded.model_hash, "parameters": text}))
+                    "params": plan.used, "model_hash": loaded.model_hash, "parameters": text,
+                    **({"layout": layouts[k]} if layouts[k] is not None else {})}))
         return EngineResult(artifacts, {"seed": plan.seed, "images": len(artifacts), "model": loaded.name,
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
                                         "clockwork_cut_depth": plan.clock_depth,
+                                        "layout": "auto" if plan.layout else "off", "regional_images": regional,
                                         "steps_total": plan.total, "adapter_switch_ms": round(switch_ms, 2)})
 
     @staticmethod
@@ -253,3 +269,4 @@ class _Plan:
     preview_path: Path
     adaptor: Any  # the Clockwork adaptor module, or None
     clock_depth: int | None = None  # Clockwork: resolution levels run every step (None: Clockwork off)
+    layout: bool = False  # read the prompt into objects and draw them region by region (world models)

@@ -43,6 +43,12 @@ class T2IParams(Params):
                                      description="Clockwork: a full U-Net pass every N steps; empty = the period "
                                                  "measured best for this model, sampler and step count "
                                                  "(`studio bench clockwork --write-profile`), else 2")
+    layout: Literal["auto", "off"] = Field(
+        "auto", description="auto: for a model that ships a prompt grammar (the embedded world model), read the "
+                            "prompt into objects, give each its own cell (keeping named positions and relations "
+                            "like 'left of') and draw each object in its own region from a caption in the "
+                            "model's own words, so colours bind to the right object and other wordings work; "
+                            "off: the prompt goes to the text encoder as typed. Other models: no effect")
     init_image: str | None = input_field("img2img: start from this image (asset id or path)", kinds=("image",),
                                          default=None)
     strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much to change the init image")

@@ -23,6 +23,7 @@ Also home of the measurements training uses as gates (``judge_accuracy``, ``reco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -75,15 +76,24 @@ def _score(preds: dict[str, list[str]], labels: list[dict[str, str]], mask: list
 
 
 def _images(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int,  # noqa: ANN001
-            offset: int = 0) -> torch.Tensor:
+            offset: int = 0, layout: bool = False) -> torch.Tensor:
     """(N, 3, 64, 64) in [0, 1]. One generator per prompt index keeps results batch-independent;
-    ``offset`` gives another prompt set its own noise (the same offset = the same noise)."""
+    ``offset`` gives another prompt set its own noise (the same offset = the same noise).
+    ``layout``: read each prompt into objects and draw them region by region, as the t2i engine
+    does for the embedded model (``engines.world.compose``)."""
     outs = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
-        gens = [torch.Generator().manual_seed(seed * 100003 + offset + i + k) for k in range(len(chunk))]
-        im = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                  output_type="np", height=g.SIZE, width=g.SIZE).images  # (B, 64, 64, 3) float
+        seeds = [seed * 100003 + offset + i + k for k in range(len(chunk))]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        ctx: object = contextlib.nullcontext()
+        if layout:
+            from engines.world.compose import prepare
+
+            chunk, ctx, _ = prepare(pipe, chunk, seeds, g.SIZE, g.SIZE)
+        with ctx:  # type: ignore[attr-defined]
+            im = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                      output_type="np", height=g.SIZE, width=g.SIZE).images  # (B, 64, 64, 3) float
         outs.append(torch.from_numpy(np.asarray(im)).permute(0, 3, 1, 2).float())
     return torch.cat(outs).clamp(0, 1)
 
@@ -115,11 +125,11 @@ def evaluate_pipeline(pipe, judge, n_per_prompt: int = 1, steps: int = 20, guida
 
 
 def seconds_per_image(pipe, texts: list[str], steps: int, guidance: float, seed: int,  # noqa: ANN001
-                      n: int = 3) -> float:
+                      n: int = 3, layout: bool = False) -> float:
     """Batch 1, CFG on, after one warm-up image."""
-    _images(pipe, texts[:1], steps, guidance, seed, 1)  # warm-up
+    _images(pipe, texts[:1], steps, guidance, seed, 1, layout=layout)  # warm-up
     t = time.time()
-    _images(pipe, texts[:n], steps, guidance, seed, 1)
+    _images(pipe, (texts * n)[:n], steps, guidance, seed, 1, layout=layout)
     return round((time.time() - t) / n, 3)
 
 
@@ -279,7 +289,8 @@ _HEADLINE = ("all_correct", "two_object_acc", "attribute_binding_acc", "attribut
 
 
 def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_per_prompt: int,  # noqa: ANN001
-                         steps: int, guidance: float, seed: int, batch: int) -> tuple[dict, dict[str, np.ndarray]]:
+                         steps: int, guidance: float, seed: int, batch: int,
+                         layout: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """Generate and score every category in one wording ("template" or "paraphrase"). Returns the
     metrics and, per headline key, the per-prompt success rates (for intervals and paired gaps)."""
     res: dict = {}
@@ -288,7 +299,7 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
     labels = [lab for _, _, lab, _ in singles]
     rep = [t for t in texts for _ in range(n_per_prompt)]
     lab_rep = [lab for lab in labels for _ in range(n_per_prompt)]
-    x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS["single"])
+    x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS["single"], layout)
     preds = M.judge_predict(judge, x)
     res.update(_score(preds, lab_rep, [True] * len(rep)))
     unseen = [u for _, _, _, u in singles for _ in range(n_per_prompt)]
@@ -318,7 +329,7 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
         if not cs:
             continue
         rep = [(c.prompt if wording == "template" else c.paraphrase) for c in cs for _ in range(n_per_prompt)]
-        x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS[cat])
+        x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS[cat], layout)
         reads = read_scenes(objjudge, x)
         scores = [score_case(c, dets) for c, (_, dets) in zip([c for c in cs for _ in range(n_per_prompt)], reads)]
         d = {k: round(float(np.mean([s[k] for s in scores])), 4) for k in scores[0]}
@@ -346,7 +357,7 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
 def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: int = 20,  # noqa: ANN001
                            guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 16,
                            paraphrase: bool = True, singles_n: tuple[int, int] = (32, 16),
-                           comp_n: tuple[int, int, int] = (48, 32, 48)) -> dict:
+                           comp_n: tuple[int, int, int] = (48, 32, 48), layout: bool = False) -> dict:
     """The compositional WorldEval: single objects (the primary judge, as ``evaluate_pipeline``),
     two objects, attribute binding and relative position (the per-object judge), each with a
     95 % bootstrap interval over prompts; with ``paraphrase`` the same scenes again in other
@@ -364,11 +375,11 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
         singles.append((g.canonical_caption(sc), para, sc.labels(), u))
     cases = compositional_set(*comp_n, fits=fits)
     res, per = _compositional_block(pipe, judge, objjudge, singles, cases, "template", n_per_prompt, steps,
-                                    guidance, seed, batch)
+                                    guidance, seed, batch, layout)
     res["tokenizer"] = unknown_words(pipe.tokenizer, [s[0] for s in singles] + [c.prompt for c in cases])
     if paraphrase:
         para, per_p = _compositional_block(pipe, judge, objjudge, singles, cases, "paraphrase", n_per_prompt,
-                                           steps, guidance, seed, batch)
+                                           steps, guidance, seed, batch, layout)
         para["tokenizer"] = unknown_words(pipe.tokenizer, [s[1] for s in singles] + [c.paraphrase for c in cases])
         para["gap"] = {k: round(float(per[k].mean() - per_p[k].mean()), 4) for k in per}
         para["gap_ci"] = {k: _ci(np.stack([per[k], per_p[k]], 1)) for k in per}
@@ -381,6 +392,63 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
                prompts={"single": len(singles), **{c: sum(x.category == c for x in cases)
                                                    for c in ("pair", "pair_full", "relation")}})
     return res
+
+
+def evaluate_prompt_file(pipe, objjudge, path: Path, n_per_prompt: int = 2, steps: int = 20,  # noqa: ANN001
+                         guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 16,
+                         layout: bool = False) -> dict:
+    """Score prompts written elsewhere (e.g. ``tests/data/world_prompts_heldout.json``: wording
+    independent of the caption templates and of the paraphrase generator) with the per-object
+    judge. JSON: {"single"|"pair"|"relation": [{"prompt", "objects": [{attr: value}], "background",
+    "relation"?}]}; only the attributes a prompt names are scored.
+
+    - single ``all_named_correct``: some detected object has every named attribute (and the
+      background, if named, is right);
+    - pair ``two_object_acc`` (both shapes), ``attribute_binding_acc`` (shape + colour of each),
+      ``attribute_binding_named_acc`` (every named attribute of each);
+    - relation ``relative_position_acc`` (both objects by shape + colour, and the relation)."""
+    data = json.loads(Path(path).read_text())
+    out: dict = {"file": str(path), "layout": layout}
+    offsets = {"single": 40_000, "pair": 50_000, "relation": 60_000}
+    for cat in ("single", "pair", "relation"):
+        items = data.get(cat) or []
+        if not items:
+            continue
+        rep = [it for it in items for _ in range(n_per_prompt)]
+        x = _images(pipe, [it["prompt"] for it in rep], steps, guidance, seed, batch, offsets[cat], layout)
+        reads = read_scenes(objjudge, x)
+        succ: dict[str, list[bool]] = {}
+        for it, (bg, dets) in zip(rep, reads):
+            objs = [{k: v for k, v in o.items() if v is not None} for o in it["objects"]]
+            bg_ok = it.get("background") in (None, bg)
+            if cat == "single":
+                succ.setdefault("all_named_correct", []).append(bg_ok and any(_matches(d, objs[0]) for d in dets))
+                for k, v in objs[0].items():
+                    succ.setdefault(f"{k}_acc", []).append(any(d.get(k) == v and d.get("shape") == objs[0]["shape"]
+                                                               for d in dets) if k != "shape" else
+                                                           any(d.get(k) == v for d in dets))
+                if it.get("background"):
+                    succ.setdefault("background_acc", []).append(bg_ok)
+                continue
+            sc = [{k: o[k] for k in ("shape", "color")} for o in objs]
+            if cat == "pair":
+                succ.setdefault("two_object_acc", []).append(pair_found(dets, {"shape": sc[0]["shape"]},
+                                                                        {"shape": sc[1]["shape"]}))
+                succ.setdefault("attribute_binding_acc", []).append(pair_found(dets, *sc))
+                named = [{k: v for k, v in o.items() if k != "position"} for o in objs]
+                succ.setdefault("attribute_binding_named_acc", []).append(pair_found(dets, *named))
+            else:
+                succ.setdefault("relative_position_acc", []).append(pair_found(dets, *sc, it["relation"]))
+                succ.setdefault("relation_objects_found", []).append(pair_found(dets, *sc))
+        block = {}
+        for k, v in succ.items():
+            n_rep = n_per_prompt if len(v) == len(rep) else 1
+            block[k] = round(float(np.mean(v)), 4)
+            if n_rep == n_per_prompt:
+                block[k + "_ci"] = _ci(_per_prompt(v, n_per_prompt))
+        block["n"] = len(rep)
+        out[cat] = block
+    return out
 
 
 def quick_eval(pipe, judge_path: Path | None = None, prompts=None) -> dict:  # noqa: ANN001
@@ -444,7 +512,8 @@ def load_pipeline(model_dir: Path | None = None, device: str = "cpu"):  # noqa: 
 def run_eval(model_dir: Path | None = None, n_per_prompt: int = 2, steps: int = 20,
              guidance: float = DEFAULT_GUIDANCE, seed: int = 0, device: str = "cpu", compositional: bool = True,
              paraphrase: bool = True, singles_n: tuple[int, int] = (32, 16),
-             comp_n: tuple[int, int, int] = (48, 32, 48)) -> dict:
+             comp_n: tuple[int, int, int] = (48, 32, 48), layout: bool = False,
+             prompt_file: Path | None = None) -> dict:
     """WorldEval on a StableDiffusionPipeline dir (default: the shipped embedded model).
     48 single-object prompts (16 unseen combinations) × ``n_per_prompt`` images at 64×64; with
     ``compositional`` also the two-object / binding / relation prompts (``compositional_set``)
@@ -455,13 +524,20 @@ def run_eval(model_dir: Path | None = None, n_per_prompt: int = 2, steps: int = 
     if compositional:
         objjudge = load_objjudge(judge_dir(), device)
         res = evaluate_compositional(pipe, judge, objjudge, n_per_prompt, steps, guidance, seed,
-                                     paraphrase=paraphrase, singles_n=singles_n, comp_n=comp_n)
+                                     paraphrase=paraphrase, singles_n=singles_n, comp_n=comp_n, layout=layout)
         res["seconds_per_image"] = seconds_per_image(pipe, [res["examples"][0]], steps, guidance, seed)
+        if layout:  # two regions: one more U-Net row per step
+            res["seconds_per_image_two_objects"] = seconds_per_image(pipe, [res["examples"][1]], steps, guidance,
+                                                                     seed, layout=True)
+        if prompt_file is not None:
+            res["prompt_file"] = evaluate_prompt_file(pipe, objjudge, prompt_file, n_per_prompt, steps, guidance,
+                                                      seed, layout=layout)
         res["scored_object"] = "single: primary-object judge; compositional: per-object judge (objjudge)"
     else:
         res = evaluate_pipeline(pipe, judge, n_per_prompt, steps, guidance, seed,
                                 prompts=prompt_set(*singles_n))
     res["model_dir"] = str(model_dir or default_model_dir())
+    res["layout"] = "auto" if layout else "off"
     res["wall_seconds"] = round(time.time() - t, 1)
     return res
 
@@ -496,12 +572,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, nargs=5, default=(32, 16, 48, 32, 48),
                     metavar=("SEEN", "UNSEEN", "PAIR", "PAIR_FULL", "RELATION"),
                     help="prompt counts per set (default 32 16 48 32 48)")
+    ap.add_argument("--layout", choices=("auto", "off"), default="auto",
+                    help="auto (what the t2i engine does for the embedded model): read each prompt into objects "
+                         "and draw them region by region; off: the prompt goes to the text encoder as typed")
+    ap.add_argument("--prompt-file", type=Path, default=None,
+                    help="also score prompts from this JSON (e.g. tests/data/world_prompts_heldout.json)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run_eval(args.model, args.n_per_prompt, args.steps, args.guidance, args.seed, args.device,
                    compositional=not args.single_only, paraphrase=not args.no_paraphrase,
-                   singles_n=tuple(args.prompts[:2]), comp_n=tuple(args.prompts[2:]))
+                   singles_n=tuple(args.prompts[:2]), comp_n=tuple(args.prompts[2:]), layout=args.layout == "auto",
+                   prompt_file=args.prompt_file)
     if args.recon:
         res["recon"] = recon_eval(args.model / "vae" if args.model else None)
     print(json.dumps(res))

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.catalog import engine_schema, model_facts, unknown_words
+from studio.catalog import engine_schema, model_facts, prompt_reading, unknown_words
 from studio.errors import StudioError
 from studio.wiring import Services
 from ui.common import asset_file, cancel_job, fmt_job_line, job_outputs, uploader
@@ -15,7 +15,7 @@ from ui.forms import build_form, collect
 
 ENGINE = "t2i"
 LAYOUT_FIELDS = ["prompt", "negative_prompt", "scheduler", "steps", "guidance_scale", "seed", "batch_size",
-                 "batch_count", "clockwork", "clock_period", "init_image", "strength", "preview_every", "adapters",
+                 "batch_count", "clockwork", "clock_period", "layout", "init_image", "strength", "preview_every", "adapters",
                  "adapter_mode"]
 
 
@@ -244,6 +244,7 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                 with gr.Row():
                     comps["clockwork"].render()
                     comps["clock_period"].render()
+                    comps["layout"].render()
                 with gr.Accordion("Adapters (LoRA, SHiRA, FouRA)", open=False):
                     adapter_pick = gr.Dropdown(adapter_choices(services), multiselect=True, label="Add from library",
                                                elem_id="gen-adapter-pick")
@@ -312,7 +313,7 @@ def build_tab(services: Services, bridge: Any = None) -> None:
         for chips in chip_sets:
             chips.click(add_word, inputs=[chips, comps["prompt"]], outputs=comps["prompt"])
 
-        def check_words(prompt: str, ref: str | None, mix: str | None = None) -> str:
+        def check_words(prompt: str, ref: str | None, mix: str | None = None, layout: str | None = "auto") -> str:
             f = facts_of(services, ref or "embedded")
             if not f["vocabulary"] or not prompt.strip():
                 return ""
@@ -322,6 +323,10 @@ def build_tab(services: Services, bridge: Any = None) -> None:
             notes = []
             # words the mixed-in adapters were trained on (a personal subject, its class) are known too
             unknown = [w for w in unknown_words(prompt, f["vocabulary"]["words"]) if w not in adapter_words(mix)]
+            reading = prompt_reading(prompt) if f.get("grammar") and layout != "off" else None
+            if reading is not None:  # the engine rewords the prompt: only what its reader drops is lost
+                notes.append(f"Reads as: {reading[0]}.")
+                unknown = [w for w in unknown if any(w in ig.split() for ig in reading[1])]
             if unknown:
                 notes.append("⚠️ The embedded model does not know " + ", ".join(f"**{w}**" for w in unknown[:12])
                              + " — it will ignore " + ("it" if len(unknown) == 1 else "them") + ".")
@@ -332,9 +337,9 @@ def build_tab(services: Services, bridge: Any = None) -> None:
                                  + ", ".join(backgrounds) + ".")
             return " ".join(notes)
 
-        for box in (comps["prompt"], comps["adapters"]):
-            box.change(check_words, inputs=[comps["prompt"], model, comps["adapters"]], outputs=words_note,
-                       trigger_mode="always_last", show_progress="hidden")
+        for box in (comps["prompt"], comps["adapters"], comps["layout"]):
+            box.change(check_words, inputs=[comps["prompt"], model, comps["adapters"], comps["layout"]],
+                       outputs=words_note, trigger_mode="always_last", show_progress="hidden")
 
         def adapter_words(mix: str | None) -> set[str]:
             words: set[str] = set()
