@@ -112,7 +112,10 @@ class T2IEngine(Engine):
                      preview_path=ctx.work_dir / "preview.png",
                      adaptor=adaptor, clock_depth=None if params.clockwork == "off" else
                      adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)),
-                     layout=params.layout == "auto" and loaded.spec.path.is_dir() and speaks_world(loaded.spec.path))
+                     # adapters teach words of their own (a personal subject's name) that a reworded
+                     # prompt would drop: with adapters the prompt goes through as typed
+                     layout=params.layout == "auto" and not params.adapters and loaded.spec.path.is_dir()
+                     and speaks_world(loaded.spec.path))
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:

@@ -48,7 +48,8 @@ class T2IParams(Params):
                             "prompt into objects, give each its own cell (keeping named positions and relations "
                             "like 'left of') and draw each object in its own region from a caption in the "
                             "model's own words, so colours bind to the right object and other wordings work; "
-                            "off: the prompt goes to the text encoder as typed. Other models: no effect")
+                            "off: the prompt goes to the text encoder as typed. Other models, and any job with adapters (their "
+                            "own words would be dropped), use the prompt as typed")
     init_image: str | None = input_field("img2img: start from this image (asset id or path)", kinds=("image",),
                                          default=None)
     strength: float = Field(0.75, ge=0.0, le=1.0, description="img2img: how much to change the init image")

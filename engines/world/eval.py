@@ -394,58 +394,83 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
     return res
 
 
+def _template_wording(it: dict, cat: str) -> str:
+    """The request of a prompt-file item in the caption templates' wording (what the model was
+    trained on), naming only the attributes the item names."""
+    from engines.world.prompt_parse import ObjSpec, caption
+
+    objs = [ObjSpec(**{k: o.get(k) for k in ("shape", "color", "size", "style", "position")}) for o in it["objects"]]
+    bg = f" on a {it['background']} background" if it.get("background") else ""
+    if cat == "single":
+        return caption(objs[0], it.get("background"))
+    if cat == "pair":
+        return " and ".join(caption(o, None) for o in objs) + bg
+    rel = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+    return f"{caption(objs[0], None)} {rel[it['relation']]} {caption(objs[1], None)}{bg}"
+
+
+def _file_successes(it: dict, cat: str, bg: str, dets: list[Detection]) -> dict[str, bool]:
+    objs = [{k: v for k, v in o.items() if v is not None} for o in it["objects"]]
+    out: dict[str, bool] = {}
+    if cat == "single":
+        out["all_named_correct"] = it.get("background") in (None, bg) and any(_matches(d, objs[0]) for d in dets)
+        for k, v in objs[0].items():
+            out[f"{k}_acc"] = any(d.get(k) == v and (k == "shape" or d.get("shape") == objs[0]["shape"]) for d in dets)
+        return out
+    sc = [{k: o[k] for k in ("shape", "color")} for o in objs]
+    if cat == "pair":
+        out["two_object_acc"] = pair_found(dets, {"shape": sc[0]["shape"]}, {"shape": sc[1]["shape"]})
+        out["attribute_binding_acc"] = pair_found(dets, *sc)
+        out["attribute_binding_named_acc"] = pair_found(dets, *[{k: v for k, v in o.items() if k != "position"}
+                                                                 for o in objs])
+    else:
+        out["relative_position_acc"] = pair_found(dets, *sc, it["relation"])
+        out["relation_objects_found"] = pair_found(dets, *sc)
+    return out
+
+
 def evaluate_prompt_file(pipe, objjudge, path: Path, n_per_prompt: int = 2, steps: int = 20,  # noqa: ANN001
                          guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 16,
                          layout: bool = False) -> dict:
-    """Score prompts written elsewhere (e.g. ``tests/data/world_prompts_heldout.json``: wording
+    """Score prompts written elsewhere (``tests/data/world_prompts_heldout*.json``: wording
     independent of the caption templates and of the paraphrase generator) with the per-object
-    judge. JSON: {"single"|"pair"|"relation": [{"prompt", "objects": [{attr: value}], "background",
-    "relation"?}]}; only the attributes a prompt names are scored.
+    judge, and the same requests in the templates' wording from the same noise: ``gap`` =
+    template − file wording, a paired difference with its bootstrap interval ("prompts in other
+    words must work as well as the templates"). JSON: {"single"|"pair"|"relation": [{"prompt",
+    "objects": [{attr: value}], "background", "relation"?}]}; only named attributes are scored.
 
     - single ``all_named_correct``: some detected object has every named attribute (and the
-      background, if named, is right);
+      background, if named, is right); per attribute ``<attr>_acc``;
     - pair ``two_object_acc`` (both shapes), ``attribute_binding_acc`` (shape + colour of each),
       ``attribute_binding_named_acc`` (every named attribute of each);
     - relation ``relative_position_acc`` (both objects by shape + colour, and the relation)."""
     data = json.loads(Path(path).read_text())
     out: dict = {"file": str(path), "layout": layout}
     offsets = {"single": 40_000, "pair": 50_000, "relation": 60_000}
+    heads = {"single": "all_named_correct", "pair": "attribute_binding_acc", "relation": "relative_position_acc"}
     for cat in ("single", "pair", "relation"):
         items = data.get(cat) or []
         if not items:
             continue
         rep = [it for it in items for _ in range(n_per_prompt)]
-        x = _images(pipe, [it["prompt"] for it in rep], steps, guidance, seed, batch, offsets[cat], layout)
-        reads = read_scenes(objjudge, x)
-        succ: dict[str, list[bool]] = {}
-        for it, (bg, dets) in zip(rep, reads):
-            objs = [{k: v for k, v in o.items() if v is not None} for o in it["objects"]]
-            bg_ok = it.get("background") in (None, bg)
-            if cat == "single":
-                succ.setdefault("all_named_correct", []).append(bg_ok and any(_matches(d, objs[0]) for d in dets))
-                for k, v in objs[0].items():
-                    succ.setdefault(f"{k}_acc", []).append(any(d.get(k) == v and d.get("shape") == objs[0]["shape"]
-                                                               for d in dets) if k != "shape" else
-                                                           any(d.get(k) == v for d in dets))
-                if it.get("background"):
-                    succ.setdefault("background_acc", []).append(bg_ok)
-                continue
-            sc = [{k: o[k] for k in ("shape", "color")} for o in objs]
-            if cat == "pair":
-                succ.setdefault("two_object_acc", []).append(pair_found(dets, {"shape": sc[0]["shape"]},
-                                                                        {"shape": sc[1]["shape"]}))
-                succ.setdefault("attribute_binding_acc", []).append(pair_found(dets, *sc))
-                named = [{k: v for k, v in o.items() if k != "position"} for o in objs]
-                succ.setdefault("attribute_binding_named_acc", []).append(pair_found(dets, *named))
-            else:
-                succ.setdefault("relative_position_acc", []).append(pair_found(dets, *sc, it["relation"]))
-                succ.setdefault("relation_objects_found", []).append(pair_found(dets, *sc))
-        block = {}
-        for k, v in succ.items():
-            n_rep = n_per_prompt if len(v) == len(rep) else 1
+        runs = {}
+        for wording, texts in (("file", [it["prompt"] for it in rep]),
+                               ("template", [_template_wording(it, cat) for it in rep])):
+            x = _images(pipe, texts, steps, guidance, seed, batch, offsets[cat], layout)
+            runs[wording] = [_file_successes(it, cat, bg, dets) for it, (bg, dets) in zip(rep, read_scenes(objjudge, x))]
+        block: dict = {}
+        for k in sorted({k for s in runs["file"] for k in s}):
+            idx = [i for i, s in enumerate(runs["file"]) if k in s]
+            v = [runs["file"][i][k] for i in idx]
             block[k] = round(float(np.mean(v)), 4)
-            if n_rep == n_per_prompt:
-                block[k + "_ci"] = _ci(_per_prompt(v, n_per_prompt))
+            if len(idx) == len(rep):
+                per_f = _per_prompt(v, n_per_prompt)
+                per_t = _per_prompt([runs["template"][i][k] for i in idx], n_per_prompt)
+                block[k + "_ci"] = _ci(per_f)
+                if k == heads[cat]:
+                    block["template_" + k] = round(float(per_t.mean()), 4)
+                    block["gap"] = round(float(per_t.mean() - per_f.mean()), 4)
+                    block["gap_ci"] = _ci(np.stack([per_t, per_f], 1))
         block["n"] = len(rep)
         out[cat] = block
     return out

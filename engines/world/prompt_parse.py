@@ -132,6 +132,13 @@ for _p in ("and", "with", "plus", "as well as", "together with", "along with", "
     _add("sep", _p, _p)
 for _p in ("a", "an", "one", "the", "another", "some", "single"):
     _add("det", _p, _p)
+# "two shapes: a star and a ring" — a count of generic things is no object of its own
+for _n in ("two", "2", "three", "3", "four", "4", "a few", "several", "some", "a couple of", "a pair of"):
+    for _thing in ("shapes", "objects", "things", "items", "figures", "elements", "symbols", "icons", "forms"):
+        _add("gen", _n, f"{_n} {_thing}")
+for _thing in ("shapes", "objects", "things", "items", "figures", "elements", "both shapes", "the shapes",
+               "the objects"):
+    _add("gen", "", _thing)
 for _w, _n in (("two", 2), ("2", 2), ("pair of", 2), ("a pair of", 2), ("couple of", 2), ("a couple of", 2),
                ("three", 3), ("3", 3), ("four", 4), ("4", 4), ("twin", 2), ("twins", 2)):
     _add("count", str(_n), _w)
@@ -142,6 +149,7 @@ for _p in ("background", "backdrop", "backround", "bg", "back ground", "backgrou
     _add("bgword", _p, _p)
 _REL_AS_POS = {"left of": ("hpos", "left"), "right of": ("hpos", "right"), "above": ("vpos", "top"),
                "below": ("vpos", "bottom")}
+_PREPS = frozenset("in at on by near inside within into over under next beside".split())
 _MAX_PHRASE = max(len(k) for k in _LEX)
 _WORD = re.compile(r"[a-z0-9]+|[,;.:&]")
 _BRIT = {"colour": "color", "coloured": "colored", "colours": "colors", "grey": "grey", "centre": "centre"}
@@ -230,6 +238,21 @@ def parse(prompt: str) -> ParsedPrompt | None:
     """The scene a prompt asks for, or None when it names no world shape (then the prompt is
     used as typed). Attributes attach to the shape of their clause (see the module doc)."""
     toks = _lex(_tokens(prompt))
+    # "the purple one": a reference by colour to an object already named; read the prompt once to
+    # learn which shape has that colour, then read "one" as that shape
+    refs = [k for k in range(2, len(toks)) if toks[k][2] in ("one", "ones") and toks[k - 1][0] == "color"
+            and toks[k - 2][1] in ("the", "that", "this")]
+    if refs:
+        first = _parse_tokens(list(toks))
+        if first is not None:
+            for k in refs:
+                shape = next((o.shape for o in first.objects if o.color == toks[k - 1][1]), None)
+                if shape is not None:
+                    toks[k] = ("shape", shape, toks[k][2], toks[k][3])
+    return _parse_tokens(toks)
+
+
+def _parse_tokens(toks: list[tuple[str, str, str, int]]) -> ParsedPrompt | None:
     # "plain" next to a background word describes the background, not a fill
     for k, (kind, val, surf, i) in enumerate(toks):
         if kind == "plain":
@@ -243,6 +266,18 @@ def parse(prompt: str) -> ParsedPrompt | None:
     shapes = [k for k, t in enumerate(toks) if t[0] == "shape"]  # shape mentions (token indices)
     if not shapes:
         return None
+    # "a circle right in the middle": "right" as an intensifier (after a noun, before a preposition),
+    # not the side ("in the top right on beige", "on the right in blue" keep it)
+    for k, (kind, val, surf, i) in enumerate(toks):
+        if surf == "right" and 0 < k < len(toks) - 1 and toks[k + 1][2] in _PREPS \
+                and toks[k - 1][0] not in ("vpos", "cpos", "det", "hpos") and toks[k - 1][2] not in ("far", "the"):
+            toks[k] = ("gen", "", surf, i)
+    # "over a dark green background": a preposition of the background, not a relation or a place
+    for k, (kind, val, surf, i) in enumerate(toks):
+        if kind == "rel":
+            nxt = next((t for t in toks[k + 1:k + 5] if t[0] not in ("det", "word", "plain", "gen")), None)
+            if nxt is not None and nxt[0] in ("background", "bgword"):
+                toks[k] = ("gen", "", surf, i)
     # a relation with no object on one side ("a star above", "left of the picture") names a place
     for k, (kind, val, surf, i) in enumerate(toks):
         if kind == "rel" and not (any(s < k for s in shapes) and any(s > k for s in shapes)) \
@@ -342,7 +377,7 @@ def parse(prompt: str) -> ParsedPrompt | None:
         used.add(k)
         if pair[0] is not None and pair[1] is not None and pair[0] != pair[1]:
             relations.append((pair[0], t[1], pair[1]))
-    used |= {k for k, t in enumerate(toks) if t[0] in ("background", "bgword", "sep", "det", "all")}
+    used |= {k for k, t in enumerate(toks) if t[0] in ("background", "bgword", "sep", "det", "all", "gen")}
     ignored = [t[2] for k, t in enumerate(toks) if k not in used and t[2] not in _FILLER and t[0] != "plain"]
     if dropped:
         ignored.append(f"({dropped} object(s) over the limit of {MAX_OBJECTS})")
@@ -445,7 +480,7 @@ def plan(prompt: str, seed: int) -> PromptPlan:
     return PromptPlan(whole, regions, parsed, bg)
 
 
-def region_masks(regions: list[Region], h: int, w: int, soft: float = 0.6) -> np.ndarray:
+def region_masks(regions: list[Region], h: int, w: int, soft: float = 0.6, margin: float = 3.0) -> np.ndarray:
     """(R, h, w) soft discs in [0, 1] around each region's cell centre on an h×w latent grid; the
     radius covers the asked size (the largest when unnamed) plus the world's position jitter."""
     ys = (np.arange(h) + 0.5) / h  # (h,)
@@ -454,7 +489,7 @@ def region_masks(regions: list[Region], h: int, w: int, soft: float = 0.6) -> np
     for k, r in enumerate(regions):
         c, rw = POSITIONS[r.cell]
         cx, cy = CELL[c] / SIZE, CELL[rw] / SIZE
-        rad = (SIZES[r.size or "large"] * 1.08 / 2 + 3.0) / SIZE  # diameter jitter 8 %, ±2 px position
+        rad = (SIZES[r.size or "large"] * 1.08 / 2 + margin) / SIZE  # diameter jitter 8 %, ±2 px position
         d = np.sqrt(((xs[None, :] - cx) / rad) ** 2 + ((ys[:, None] - cy) / rad) ** 2)  # (h, w) in radii
         px = rad * min(h, w)  # radius in latent pixels
         out[k] = 1.0 / (1.0 + np.exp((d - 1.0) * px / soft))

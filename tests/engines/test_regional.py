@@ -140,3 +140,14 @@ def test_models_without_a_grammar_ignore_layout(tiny_model, world_ctx) -> None: 
     res = T2IEngine().run(T2IParams(model=str(tiny_model), prompt="a red square and a blue circle", steps=2,
                                     seed=1, preview_every=0), world_ctx)
     assert res.meta["layout"] == "off" and res.meta["regional_images"] == 0
+
+
+def test_jobs_with_adapters_keep_the_prompt_as_typed(world_ctx) -> None:  # noqa: ANN001
+    """An adapter's own words (a personal subject's name) would be dropped by a reworded prompt."""
+    from engines.pipelines import load_pipeline
+
+    ref = str(default_model_dir())
+    loaded = world_ctx.model(ref, "t2i", lambda spec: load_pipeline(spec, world_ctx.device, world_ctx.dtype))
+    p = T2IParams(model=ref, prompt="a zorb next to a red star", adapters=[{"adapter": "zorb.safetensors"}])
+    assert not T2IEngine()._plan(loaded, p, world_ctx).layout
+    assert T2IEngine()._plan(loaded, p.model_copy(update={"adapters": []}), world_ctx).layout

@@ -121,9 +121,20 @@ def test_unknown_words_are_reported_not_fatal() -> None:
     assert "star" not in rep["unknown_words"]
 
 
-def test_eval_json_has_the_new_keys_and_is_deterministic(capsys) -> None:  # noqa: ANN001
+def test_eval_json_has_the_new_keys_and_is_deterministic(capsys, tmp_path) -> None:  # noqa: ANN001
     """``studio eval world --json`` (= eval.main) at a tiny size, twice: the same figures."""
-    argv = ["--steps", "2", "--n-per-prompt", "1", "--threads", "1", "--prompts", "1", "1", "2", "1", "4"]
+    pf = tmp_path / "prompts.json"
+    pf.write_text(json.dumps({
+        "single": [{"prompt": "a star in red, top left", "objects": [{"shape": "star", "color": "red",
+                                                                      "position": "top left"}], "background": None}],
+        "pair": [{"prompt": "a blue ring with a yellow heart; navy backdrop",
+                  "objects": [{"shape": "ring", "color": "blue"}, {"shape": "heart", "color": "yellow"}],
+                  "background": "navy"}],
+        "relation": [{"prompt": "under a pink cross sits a green square", "relation": "below",
+                      "objects": [{"shape": "square", "color": "green"}, {"shape": "cross", "color": "pink"}],
+                      "background": None}]}))
+    argv = ["--steps", "2", "--n-per-prompt", "1", "--threads", "1", "--prompts", "1", "1", "2", "1", "4",
+            "--prompt-file", str(pf)]
     outs = []
     for _ in range(2):
         assert E.main(argv) == 0
@@ -140,7 +151,15 @@ def test_eval_json_has_the_new_keys_and_is_deterministic(capsys) -> None:  # noq
     assert a["prompts"] == {"single": 2, "pair": 2, "pair_full": 1, "relation": 4}
     assert a["categories"]["relation"]["n"] == 4
 
+    assert a["layout"] == "auto" and "seconds_per_image_two_objects" in a
+    f = a["prompt_file"]
+    assert f["single"]["n"] == f["pair"]["n"] == f["relation"]["n"] == 1
+    for cat, k in (("single", "all_named_correct"), ("pair", "attribute_binding_acc"),
+                   ("relation", "relative_position_acc")):
+        assert 0 <= f[cat][k] <= 1 and "gap" in f[cat] and len(f[cat]["gap_ci"]) == 2 and "template_" + k in f[cat]
+
     def strip(r: dict) -> dict:
-        return {k: v for k, v in r.items() if k not in ("seconds_per_image", "wall_seconds")}
+        return {k: v for k, v in r.items() if k not in ("seconds_per_image", "seconds_per_image_two_objects",
+                                                        "wall_seconds")}
 
     assert strip(a) == strip(b)

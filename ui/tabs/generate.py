@@ -323,7 +323,7 @@ def build_tab(services: Services, bridge: Any = None) -> None:
             notes = []
             # words the mixed-in adapters were trained on (a personal subject, its class) are known too
             unknown = [w for w in unknown_words(prompt, f["vocabulary"]["words"]) if w not in adapter_words(mix)]
-            reading = prompt_reading(prompt) if f.get("grammar") and layout != "off" else None
+            reading = prompt_reading(prompt) if f.get("grammar") and layout != "off" and not mix_entries(mix) else None
             if reading is not None:  # the engine rewords the prompt: only what its reader drops is lost
                 notes.append(f"Reads as: {reading[0]}.")
                 unknown = [w for w in unknown if any(w in ig.split() for ig in reading[1])]
