@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", choices=("auto", "off"), default="auto",
                     help="the job's layout (auto: a prompt naming several world objects is drawn region by "
                          "region, one more U-Net row per object; the raw call always takes the prompt as typed)")
+    ap.add_argument("--clockwork", choices=("off", "reuse", "adaptor"), default="off",
+                    help="the job's Clockwork mode (period from the model's profile); the raw call runs without")
     add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         services = build(load(Path(td) / "data", device="cpu", dtype="float32"))
         runner = build_runner(services, role="bench")
         params = {"model": args.model, "prompt": args.prompt, "steps": args.steps,
-                  "guidance_scale": args.guidance, "seed": 1, "preview_every": 0, "layout": args.layout}
+                  "guidance_scale": args.guidance, "seed": 1, "preview_every": 0, "layout": args.layout,
+                  "clockwork": args.clockwork}
 
         def studio_job() -> float:
             t0 = time.perf_counter()
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 r.append(raw())
         services.close()
     raw_s, job_s = statistics.median(r), statistics.median(s)
-    print(json.dumps({"model": args.model, "prompt": args.prompt, "layout": args.layout, "steps": args.steps,
+    print(json.dumps({"model": args.model, "prompt": args.prompt, "layout": args.layout, "clockwork": args.clockwork,
+                      "steps": args.steps,
                       "resolution": size, "rounds": args.rounds,
                       "raw_pipeline_s": round(raw_s, 4), "studio_job_s": round(job_s, 4),
                       "overhead_ratio": round(job_s / raw_s, 4), "images_per_s": round(1 / job_s, 3)}))

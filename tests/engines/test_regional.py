@@ -151,3 +151,12 @@ def test_jobs_with_adapters_keep_the_prompt_as_typed(world_ctx) -> None:  # noqa
     p = T2IParams(model=ref, prompt="a zorb next to a red star", adapters=[{"adapter": "zorb.safetensors"}])
     assert not T2IEngine()._plan(loaded, p, world_ctx).layout
     assert T2IEngine()._plan(loaded, p.model_copy(update={"adapters": []}), world_ctx).layout
+
+
+def test_layout_param_is_validated() -> None:
+    from pydantic import ValidationError
+
+    for bad in ("regional", "", None, 1, "AUTO"):
+        with pytest.raises(ValidationError):
+            T2IParams(model="embedded", prompt="a red star", layout=bad)
+    assert T2IParams(model="embedded", prompt="a red star").layout == "auto"
