@@ -83,6 +83,11 @@ _add("style", "dotted", "dotted", "dots", "dot pattern", "polka dot", "polka dot
 _add("style", "outlined", "outlined", "outline", "outlines", "hollow", "outline only", "only the outline",
      "just the outline", "just an outline", "line drawing", "unfilled", "contour", "wireframe",
      "in outline", "line art", "outlined only")
+# negated fills and line patterns
+_add("style", "outlined", "not filled", "not filled in", "non filled", "no fill", "without fill", "without a fill",
+     "without any fill", "not solid", "unfilled in")
+_add("style", "solid", "not hollow", "not outlined")
+_add("style", "striped", "with lines", "lines", "line pattern", "with a line pattern")
 # "plain": a solid fill in the training captions, but "a plain navy background" is a background
 _add("plain", "solid", "plain")
 # position words: vertical / horizontal / centre parts, combined per object
@@ -276,8 +281,8 @@ def _parse_tokens(toks: list[tuple[str, str, str, int]]) -> ParsedPrompt | None:
     for k, (kind, val, surf, i) in enumerate(toks):
         if kind == "rel":
             nxt = next((t for t in toks[k + 1:k + 5] if t[0] not in ("det", "word", "plain", "gen")), None)
-            if nxt is not None and nxt[0] in ("background", "bgword"):
-                toks[k] = ("gen", "", surf, i)
+            if nxt is not None and nxt[0] in ("background", "bgword"):  # "upper right of a ... background"
+                toks[k] = _REL_AS_POS[val] + (surf, i) if val in ("left of", "right of") else ("gen", "", surf, i)
     # a relation with no object on one side ("a star above", "left of the picture") names a place
     for k, (kind, val, surf, i) in enumerate(toks):
         if kind == "rel" and not (any(s < k for s in shapes) and any(s > k for s in shapes)) \
@@ -303,10 +308,16 @@ def _parse_tokens(toks: list[tuple[str, str, str, int]]) -> ParsedPrompt | None:
             if t[0] == "count":
                 cut = min(cut, k - 1)
             owner[k] = [a] if k <= cut else [b]
-    # "..., both striped": attributes after an "all" word (with no shape after it) go to every object
+    # "..., both striped": attributes after an "all" word (with no shape after it) go to every object;
+    # so do those of a lead-in before the first shape ("Both big: a red circle and a cyan ring")
     for k, t in enumerate(toks):
         if t[0] == "all" and not any(s > k for s in shapes):
             for j in range(k + 1, len(toks)):
+                if j in owner:
+                    owner[j] = list(shapes)
+        elif t[0] == "all" and k < shapes[0]:
+            stop = next((j for j in range(k + 1, shapes[0]) if toks[j][0] == "sep"), None)
+            for j in range(k + 1, stop if stop is not None else k + 1):
                 if j in owner:
                     owner[j] = list(shapes)
     attrs: dict[int, dict[str, list]] = {s: {"color": [], "size": [], "style": [], "pos": [], "count": []}
