@@ -26,6 +26,7 @@ BENCHES = {
     "relight": "bench.relight:main",
     "scale": "bench.scale:main",
     "video": "bench.video:main",
+    "layout": "bench.layout:main",
 }
 EVALS = {
     "world": "engines.world.eval:main",

@@ -37,6 +37,11 @@ def test_vocabulary_chips_and_unknown_words(studio_server, browser) -> None:  # 
     page.locator("#gen-prompt textarea").fill("a red star with a unicorn on a blue background")
     page.locator("#gen-words").get_by_text("unicorn").wait_for(timeout=10000)
     assert "background colours" in page.locator("#gen-words").inner_text()
+    # how the engine will read a prompt in other words (layout=auto): objects, relation, background
+    page.locator("#gen-prompt textarea").fill("a star in crimson, left of a blue doughnut; navy backdrop")
+    page.locator("#gen-words").get_by_text("Reads as:").wait_for(timeout=10000)
+    note = page.locator("#gen-words").inner_text()
+    assert "red star (left of #2)" in note and "blue ring" in note and "navy" in note and "⚠" not in note, note
     # the model's own guidance is preset (4 for the embedded model), and its native size
     assert page.locator("#gen-guidance_scale input[type=number]").input_value() == "4"
     assert page.locator("#gen-width input[type=number]").input_value() == "64"

@@ -76,11 +76,12 @@ def _score(preds: dict[str, list[str]], labels: list[dict[str, str]], mask: list
 
 
 def _images(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int,  # noqa: ANN001
-            offset: int = 0, layout: bool = False) -> torch.Tensor:
+            offset: int = 0, layout: bool = False, wrap=None) -> torch.Tensor:  # noqa: ANN001
     """(N, 3, 64, 64) in [0, 1]. One generator per prompt index keeps results batch-independent;
     ``offset`` gives another prompt set its own noise (the same offset = the same noise).
     ``layout``: read each prompt into objects and draw them region by region, as the t2i engine
-    does for the embedded model (``engines.world.compose``)."""
+    does for the embedded model (``engines.world.compose``). ``wrap(unet)``: a context manager to
+    hold open around each pipeline call (e.g. Clockwork, from ``bench.layout``)."""
     outs = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
@@ -91,7 +92,7 @@ def _images(pipe, prompts: list[str], steps: int, guidance: float, seed: int, ba
             from engines.world.compose import prepare
 
             chunk, ctx, _ = prepare(pipe, chunk, seeds, g.SIZE, g.SIZE)
-        with ctx:  # type: ignore[attr-defined]
+        with ctx, (wrap(pipe.unet) if wrap is not None else contextlib.nullcontext()):  # type: ignore[attr-defined]
             im = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
                       output_type="np", height=g.SIZE, width=g.SIZE).images  # (B, 64, 64, 3) float
         outs.append(torch.from_numpy(np.asarray(im)).permute(0, 3, 1, 2).float())
@@ -125,11 +126,11 @@ def evaluate_pipeline(pipe, judge, n_per_prompt: int = 1, steps: int = 20, guida
 
 
 def seconds_per_image(pipe, texts: list[str], steps: int, guidance: float, seed: int,  # noqa: ANN001
-                      n: int = 3, layout: bool = False) -> float:
+                      n: int = 3, layout: bool = False, wrap=None) -> float:  # noqa: ANN001
     """Batch 1, CFG on, after one warm-up image."""
-    _images(pipe, texts[:1], steps, guidance, seed, 1, layout=layout)  # warm-up
+    _images(pipe, texts[:1], steps, guidance, seed, 1, layout=layout, wrap=wrap)  # warm-up
     t = time.time()
-    _images(pipe, (texts * n)[:n], steps, guidance, seed, 1, layout=layout)
+    _images(pipe, (texts * n)[:n], steps, guidance, seed, 1, layout=layout, wrap=wrap)
     return round((time.time() - t) / n, 3)
 
 
@@ -290,7 +291,7 @@ _HEADLINE = ("all_correct", "two_object_acc", "attribute_binding_acc", "attribut
 
 def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_per_prompt: int,  # noqa: ANN001
                          steps: int, guidance: float, seed: int, batch: int,
-                         layout: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+                         layout: bool = False, wrap=None) -> tuple[dict, dict[str, np.ndarray]]:  # noqa: ANN001
     """Generate and score every category in one wording ("template" or "paraphrase"). Returns the
     metrics and, per headline key, the per-prompt success rates (for intervals and paired gaps)."""
     res: dict = {}
@@ -299,7 +300,7 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
     labels = [lab for _, _, lab, _ in singles]
     rep = [t for t in texts for _ in range(n_per_prompt)]
     lab_rep = [lab for lab in labels for _ in range(n_per_prompt)]
-    x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS["single"], layout)
+    x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS["single"], layout, wrap)
     preds = M.judge_predict(judge, x)
     res.update(_score(preds, lab_rep, [True] * len(rep)))
     unseen = [u for _, _, _, u in singles for _ in range(n_per_prompt)]
@@ -329,7 +330,7 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
         if not cs:
             continue
         rep = [(c.prompt if wording == "template" else c.paraphrase) for c in cs for _ in range(n_per_prompt)]
-        x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS[cat], layout)
+        x = _images(pipe, rep, steps, guidance, seed, batch, _OFFSETS[cat], layout, wrap)
         reads = read_scenes(objjudge, x)
         scores = [score_case(c, dets) for c, (_, dets) in zip([c for c in cs for _ in range(n_per_prompt)], reads)]
         d = {k: round(float(np.mean([s[k] for s in scores])), 4) for k in scores[0]}
@@ -357,7 +358,8 @@ def _compositional_block(pipe, judge, objjudge, singles, cases, wording: str, n_
 def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: int = 20,  # noqa: ANN001
                            guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 16,
                            paraphrase: bool = True, singles_n: tuple[int, int] = (32, 16),
-                           comp_n: tuple[int, int, int] = (48, 32, 48), layout: bool = False) -> dict:
+                           comp_n: tuple[int, int, int] = (48, 32, 48), layout: bool = False,
+                           wrap=None) -> dict:  # noqa: ANN001
     """The compositional WorldEval: single objects (the primary judge, as ``evaluate_pipeline``),
     two objects, attribute binding and relative position (the per-object judge), each with a
     95 % bootstrap interval over prompts; with ``paraphrase`` the same scenes again in other
@@ -375,11 +377,11 @@ def evaluate_compositional(pipe, judge, objjudge, n_per_prompt: int = 2, steps: 
         singles.append((g.canonical_caption(sc), para, sc.labels(), u))
     cases = compositional_set(*comp_n, fits=fits)
     res, per = _compositional_block(pipe, judge, objjudge, singles, cases, "template", n_per_prompt, steps,
-                                    guidance, seed, batch, layout)
+                                    guidance, seed, batch, layout, wrap)
     res["tokenizer"] = unknown_words(pipe.tokenizer, [s[0] for s in singles] + [c.prompt for c in cases])
     if paraphrase:
         para, per_p = _compositional_block(pipe, judge, objjudge, singles, cases, "paraphrase", n_per_prompt,
-                                           steps, guidance, seed, batch, layout)
+                                           steps, guidance, seed, batch, layout, wrap)
         para["tokenizer"] = unknown_words(pipe.tokenizer, [s[1] for s in singles] + [c.paraphrase for c in cases])
         para["gap"] = {k: round(float(per[k].mean() - per_p[k].mean()), 4) for k in per}
         para["gap_ci"] = {k: _ci(np.stack([per[k], per_p[k]], 1)) for k in per}
@@ -431,7 +433,7 @@ def _file_successes(it: dict, cat: str, bg: str, dets: list[Detection]) -> dict[
 
 def evaluate_prompt_file(pipe, objjudge, path: Path, n_per_prompt: int = 2, steps: int = 20,  # noqa: ANN001
                          guidance: float = DEFAULT_GUIDANCE, seed: int = 0, batch: int = 16,
-                         layout: bool = False) -> dict:
+                         layout: bool = False, wrap=None) -> dict:  # noqa: ANN001
     """Score prompts written elsewhere (``tests/data/world_prompts_heldout*.json``: wording
     independent of the caption templates and of the paraphrase generator) with the per-object
     judge, and the same requests in the templates' wording from the same noise: ``gap`` =
@@ -456,7 +458,7 @@ def evaluate_prompt_file(pipe, objjudge, path: Path, n_per_prompt: int = 2, step
         runs = {}
         for wording, texts in (("file", [it["prompt"] for it in rep]),
                                ("template", [_template_wording(it, cat) for it in rep])):
-            x = _images(pipe, texts, steps, guidance, seed, batch, offsets[cat], layout)
+            x = _images(pipe, texts, steps, guidance, seed, batch, offsets[cat], layout, wrap)
             runs[wording] = [_file_successes(it, cat, bg, dets) for it, (bg, dets) in zip(rep, read_scenes(objjudge, x))]
         block: dict = {}
         for k in sorted({k for s in runs["file"] for k in s}):
