@@ -39,7 +39,7 @@ def test_vocabulary_chips_and_unknown_words(studio_server, browser) -> None:  # 
     assert "background colours" in page.locator("#gen-words").inner_text()
     # how the engine will read a prompt in other words (layout=auto): objects, relation, background
     page.locator("#gen-prompt textarea").fill("a star in crimson, left of a blue doughnut; navy backdrop")
-    page.locator("#gen-words").get_by_text("Reads as:").wait_for(timeout=10000)
+    wait_for(lambda: "left of #2" in page.locator("#gen-words").inner_text(), 10, 0.2, "the reading")
     note = page.locator("#gen-words").inner_text()
     assert "red star (left of #2)" in note and "blue ring" in note and "navy" in note and "⚠" not in note, note
     # the model's own guidance is preset (4 for the embedded model), and its native size
