@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clockwork", nargs="+", choices=("off", "reuse", "adaptor"), default=["off", "adaptor"])
     ap.add_argument("--prompts", type=int, nargs=5, default=(32, 16, 48, 32, 48),
                     metavar=("SEEN", "UNSEEN", "PAIR", "PAIR_FULL", "RELATION"))
+    ap.add_argument("--time-images", type=int, default=3, help="images timed per example prompt and mode")
     add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                                                         args.steps, E.DEFAULT_GUIDANCE, args.seed, layout=True,
                                                         wrap=wrap)
         res["seconds_per_image_single"] = E.seconds_per_image(pipe, [examples[0]], args.steps, E.DEFAULT_GUIDANCE,
-                                                              args.seed, layout=True, wrap=wrap)
+                                                              args.seed, args.time_images, layout=True, wrap=wrap)
         res["seconds_per_image_two_objects"] = E.seconds_per_image(pipe, [examples[1]], args.steps,
-                                                                   E.DEFAULT_GUIDANCE, args.seed, layout=True,
-                                                                   wrap=wrap)
+                                                                   E.DEFAULT_GUIDANCE, args.seed, args.time_images,
+                                                                   layout=True, wrap=wrap)
         out["modes"][mode] = res
     out["wall_seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out))

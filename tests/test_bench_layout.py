@@ -13,7 +13,7 @@ def test_bench_layout_json(capsys, tmp_path) -> None:  # noqa: ANN001
                                         "objects": [{"shape": "ring", "color": "red"},
                                                     {"shape": "star", "color": "blue"}]}]}))
     assert main(["--json", "--threads", "1", "--steps", "8", "--n-per-prompt", "1", "--prompts", "1", "1", "1",
-                 "1", "2", "--prompt-file", str(pf), "--clockwork", "off", "adaptor"]) == 0
+                 "1", "2", "--prompt-file", str(pf), "--clockwork", "off", "adaptor", "--time-images", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     off, ada = out["modes"]["off"], out["modes"]["adaptor"]
     assert off["setting"] is None and ada["setting"]["period"] == 4  # the profile's 8-step choice
