@@ -37,7 +37,7 @@ class Regional:
         self.unet, self.embeds, self.weights = unet, embeds, weights
         self.B, self.R = embeds.shape[:2]
         self._hooks: list[Any] = []
-        self._split: tuple[int, bool] | None = None  # (rows before widening, guided)
+        self._lead: int | None = None  # unconditional rows of the current call (B with CFG, else 0)
         self.calls = 0
 
     def __enter__(self) -> "Regional":
@@ -57,8 +57,7 @@ class Regional:
         n = sample.shape[0]
         if n not in (self.B, 2 * self.B):
             raise RuntimeError(f"regional prompting was set up for {self.B} images, the U-Net got {n} rows")
-        guided = n == 2 * self.B
-        lead = self.B if guided else 0  # unconditional rows kept as they are
+        lead = self.B if n == 2 * self.B else 0  # unconditional rows kept as they are
         B, R = self.B, self.R
 
         def widen(t: Any) -> Any:
@@ -91,13 +90,13 @@ class Regional:
             kwargs["added_cond_kwargs"] = {k: widen(v) for k, v in kwargs["added_cond_kwargs"].items()}
         if kwargs.get("timestep_cond") is not None:
             kwargs["timestep_cond"] = widen(kwargs["timestep_cond"])
-        self._split = (lead, guided)
+        self._lead = lead
         self.calls += 1
         return tuple(args), kwargs
 
     def _fold(self, _m: Any, _args: tuple, kwargs: dict, out: Any) -> Any:
-        assert self._split is not None
-        lead, _ = self._split
+        assert self._lead is not None
+        lead = self._lead
         eps = out[0] if isinstance(out, tuple) else out.sample  # (lead + B·R, C, h, w)
         B, R = self.B, self.R
         per = eps[lead:].reshape(B, R, *eps.shape[1:])  # (B, R, C, h, w)
@@ -113,15 +112,13 @@ class Regional:
         return out
 
 
-def mix_weights(masks: torch.Tensor, background_share: bool = True, floor: float = 1e-3) -> torch.Tensor:
+def mix_weights(masks: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     """Per-pixel region weights (R, h, w) summing to 1 from soft region masks (R, h, w) in [0, 1].
 
     Inside region r its prompt dominates; where no region reaches (the background) every
     region's prompt — each of which describes the same background there — counts equally."""
     m = masks.clamp(0, 1)  # (R, h, w)
-    if background_share:
-        m = m + (1 - m.amax(0, keepdim=True)) / m.shape[0]
-    m = m + floor
+    m = m + (1 - m.amax(0, keepdim=True)) / m.shape[0] + floor
     return m / m.sum(0, keepdim=True)
 
 

@@ -114,8 +114,7 @@ class T2IEngine(Engine):
                      adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)),
                      # adapters teach words of their own (a personal subject's name) that a reworded
                      # prompt would drop: with adapters the prompt goes through as typed
-                     layout=params.layout == "auto" and not params.adapters and loaded.spec.path.is_dir()
-                     and speaks_world(loaded.spec.path))
+                     layout=params.layout == "auto" and not params.adapters and self._speaks_world(loaded))
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:
@@ -210,6 +209,13 @@ class T2IEngine(Engine):
         else:
             latents_to_image(latents, decoder).save(dest)
         return dest
+
+    @staticmethod
+    def _speaks_world(loaded: LoadedPipeline) -> bool:
+        """Does the model ship the world's prompt grammar? (read once per loaded model)"""
+        if "world_grammar" not in loaded.extras:
+            loaded.extras["world_grammar"] = loaded.spec.path.is_dir() and speaks_world(loaded.spec.path)
+        return loaded.extras["world_grammar"]
 
     @staticmethod
     def _clock_choice(loaded: LoadedPipeline, params: T2IParams) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from engines.world.generator import BACKGROUNDS, CELL, COLORS, POSITIONS, SHAPES, SIZE, SIZES
+from engines.world.generator import BACKGROUNDS, CELL, COLORS, POSITIONS, SHAPES, SIZE, SIZES, relation_holds
 
 MAX_OBJECTS = 4  # regions per image (each costs one more U-Net row per step)
 
@@ -157,7 +157,7 @@ _REL_AS_POS = {"left of": ("hpos", "left"), "right of": ("hpos", "right"), "abov
 _PREPS = frozenset("in at on by near inside within into over under next beside".split())
 _MAX_PHRASE = max(len(k) for k in _LEX)
 _WORD = re.compile(r"[a-z0-9]+|[,;.:&]")
-_BRIT = {"colour": "color", "coloured": "colored", "colours": "colors", "grey": "grey", "centre": "centre"}
+_BRIT = {"colour": "color", "coloured": "colored", "colours": "colors"}
 
 
 @dataclass
@@ -399,11 +399,6 @@ def _parse_tokens(toks: list[tuple[str, str, str, int]]) -> ParsedPrompt | None:
 _CELLS = list(POSITIONS)
 
 
-def _holds(rel: str, a: str, b: str) -> bool:
-    (ca, ra), (cb, rb) = POSITIONS[a], POSITIONS[b]
-    return {"left of": ca < cb, "right of": ca > cb, "above": ra < rb, "below": ra > rb}[rel]
-
-
 def layout(parsed: ParsedPrompt, rng: np.random.Generator) -> list[str]:
     """A cell for every object: named positions are kept; the others are chosen so every relation
     holds, objects share no cell and, where possible, no two are neighbours (so large objects do
@@ -420,7 +415,7 @@ def layout(parsed: ParsedPrompt, rng: np.random.Generator) -> list[str]:
         cells = list(fixed)
         for i, c in zip(free, combo):
             cells[i] = c
-        broken = sum(not _holds(r, cells[a], cells[b]) for a, r, b in parsed.relations)
+        broken = sum(not relation_holds(r, cells[a], cells[b]) for a, r, b in parsed.relations)
         shared = n - len(set(cells))
         near = sum(max(abs(POSITIONS[p][0] - POSITIONS[q][0]), abs(POSITIONS[p][1] - POSITIONS[q][1])) < 2
                    for p, q in itertools.combinations(cells, 2))
@@ -433,7 +428,7 @@ def layout(parsed: ParsedPrompt, rng: np.random.Generator) -> list[str]:
     cells = list(fixed)
     for i, c in zip(free, combo):
         cells[i] = c
-    return [c for c in cells]  # type: ignore[misc]
+    return cells  # type: ignore[return-value]
 
 
 # -- the model's own wording ----------------------------------------------------------------------
