@@ -3,12 +3,19 @@ compositional WorldEval quality and time per image, in one run.
 
     studio bench layout --json [--steps 20] [--n-per-prompt 2] [--seed 0]
         [--prompt-file tests/data/world_prompts_heldout2.json] [--clockwork off adaptor]
+        [--candidates adaptor:p3:d0:w4:clockwork_adaptor_d0.safetensors reuse:p3:d1 ...]
 
 For each Clockwork mode (``off``, ``reuse``, ``adaptor``; period, cut and adaptor file from the
 embedded model's profile for this step count, as a t2i job with an empty period gets them) the
 embedded model runs the compositional WorldEval with ``layout`` on (templates only: pair,
 pair_full, relation and single objects read by both judges) and the prompt file, on the same
 prompts and noise in every mode, and times one single-object and one two-object image at batch 1.
+``--candidates`` adds settings spelled out (mode, then any of period ``pN``, cut depth ``dN``,
+full warm-up steps ``wN``, adaptor file beside the model), e.g. to find a gentler clock for
+images drawn region by region. ``--write-profile`` (needs ``off``) stores, per mode, the fastest
+setting whose binding and relation accuracy each stay within ``--tolerance`` of layout without
+Clockwork, as the profile entry's ``layout`` sub-setting that t2i jobs use for regional images
+(period 1, i.e. in full, when none does).
 Quality figures come with 95 % bootstrap intervals over prompts. Prints one JSON object.
 """
 from __future__ import annotations
@@ -28,7 +35,55 @@ def _clock(clockwork, load_adaptor, mdir: Path, mode: str, setting: dict):  # no
     adaptor = load_adaptor(mdir / (setting.get("adaptor") or "clockwork_adaptor.safetensors")) \
         if mode == "adaptor" else None
     depth = int(setting.get("depth", 1))
-    return lambda unet: clockwork(unet, period, mode, adaptor, depth=depth)
+    warmup = int(setting.get("warmup", 0))
+    return lambda unet: clockwork(unet, period, mode, adaptor, depth=depth, warmup=warmup)
+
+
+def parse_candidate(spec: str) -> tuple[str, dict]:
+    """"adaptor:p3:d0:w4:file.safetensors" -> ("adaptor", {"period": 3, "depth": 0, "warmup": 4,
+    "adaptor": "file.safetensors"}); unnamed fields keep Clockwork's defaults."""
+    import re
+
+    mode, *rest = spec.split(":")
+    if mode not in ("reuse", "adaptor"):
+        raise SystemExit(f"candidate {spec!r}: the mode must be reuse or adaptor")
+    setting: dict = {"period": 2, "depth": 1, "warmup": 0, "adaptor": None}
+    for tok in rest:
+        m = re.fullmatch(r"([pdw])(\d{1,2})", tok)
+        if m:
+            setting[{"p": "period", "d": "depth", "w": "warmup"}[m[1]]] = int(m[2])
+        elif re.fullmatch(r"[A-Za-z0-9_.-]{1,100}\.safetensors", tok) and not tok.startswith("."):
+            setting["adaptor"] = tok
+        else:
+            raise SystemExit(f"candidate {spec!r}: cannot read {tok!r} (pN, dN, wN or an adaptor file)")
+    if setting["period"] < 1:
+        raise SystemExit(f"candidate {spec!r}: the period must be ≥ 1")
+    return mode, setting
+
+
+def choose_regional(modes: dict, tolerance: float) -> dict:
+    """{label: bench result} -> {mode: layout sub-setting}: per Clockwork mode, the setting with
+    the lowest two-object time whose binding and relation accuracy each lie within ``tolerance``
+    of the ``off`` result (same prompts, same noise); period 1 (no reuse) when none does."""
+    off = modes["off"]["templates"]
+    keys = ("attribute_binding_acc", "relative_position_acc")
+    out: dict = {}
+    for mode in ("reuse", "adaptor"):
+        runs = [(label, r) for label, r in modes.items() if r.get("mode") == mode]
+        if not runs:
+            continue
+        ok = [(r["seconds_per_image_two_objects"], label, r) for label, r in runs
+              if all(r["templates"][k] >= off[k] - tolerance for k in keys)]
+        if not ok:
+            out[mode] = {"period": 1, "depth": 1, "warmup": 0, "why": f"no setting kept binding and relations "
+                                                                     f"within {tolerance} of Clockwork off"}
+            continue
+        secs, label, r = min(ok, key=lambda x: x[0])
+        out[mode] = {k: r["setting"][k] for k in ("period", "depth", "warmup", "adaptor") if k in r["setting"]} | {
+            "candidate": label, "binding": r["templates"]["attribute_binding_acc"],
+            "relations": r["templates"]["relative_position_acc"],
+            "speedup_two_objects": round(modes["off"]["seconds_per_image_two_objects"] / secs, 3)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-per-prompt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-file", type=Path, default=Path("tests/data/world_prompts_heldout2.json"))
-    ap.add_argument("--clockwork", nargs="+", choices=("off", "reuse", "adaptor"), default=["off", "adaptor"])
+    ap.add_argument("--clockwork", nargs="*", choices=("off", "reuse", "adaptor"), default=["off", "adaptor"])
+    ap.add_argument("--candidates", nargs="*", default=[], metavar="MODE:pN:dN:wN:FILE",
+                    help="Clockwork settings to measure besides the profile's (see the module docstring)")
+    ap.add_argument("--write-profile", action="store_true",
+                    help="store each mode's regional setting in the model's clockwork_profile.json")
+    ap.add_argument("--tolerance", type=float, default=0.05,
+                    help="largest drop in binding or relation accuracy a regional setting may cost")
     ap.add_argument("--prompts", type=int, nargs=5, default=(32, 16, 48, 32, 48),
                     metavar=("SEEN", "UNSEEN", "PAIR", "PAIR_FULL", "RELATION"))
     ap.add_argument("--time-images", type=int, default=3, help="images timed per example prompt and mode")
@@ -65,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                  "prompt_file": str(args.prompt_file), "modes": {}}
     examples = ("a medium red outlined heart in the center on a dark green background",
                 "an orange star and a cyan ring on a dark green background")
-    for mode in args.clockwork:
-        setting = choose_setting(prof, "DPM++ 2M", args.steps, mode) if mode != "off" else None
+    runs = [(mode, mode, choose_setting(prof, "DPM++ 2M", args.steps, mode) if mode != "off" else None)
+            for mode in args.clockwork] + [(spec, *parse_candidate(spec)) for spec in args.candidates]
+    for label, mode, setting in runs:
         wrap = _clock(Clockwork, load_adaptor, mdir, mode, setting) if setting is not None else None
         comp = E.evaluate_compositional(pipe, judge, objjudge, args.n_per_prompt, args.steps, E.DEFAULT_GUIDANCE,
                                         args.seed, paraphrase=False, singles_n=tuple(args.prompts[:2]),
@@ -76,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "relative_position_acc", "relative_position_ci") if k in comp}
         keep["single_objjudge_all_correct"] = comp["single_objjudge"]["all_correct"]
         keep["single_objjudge_all_correct_ci"] = comp["single_objjudge"]["all_correct_ci"]
-        res = {"setting": setting, "templates": keep}
+        res = {"mode": mode, "setting": setting, "templates": keep}
         if args.prompt_file and args.prompt_file.is_file():
             res["prompt_file"] = E.evaluate_prompt_file(pipe, objjudge, args.prompt_file, args.n_per_prompt,
                                                         args.steps, E.DEFAULT_GUIDANCE, args.seed, layout=True,
@@ -86,8 +148,18 @@ def main(argv: list[str] | None = None) -> int:
         res["seconds_per_image_two_objects"] = E.seconds_per_image(pipe, [examples[1]], args.steps,
                                                                    E.DEFAULT_GUIDANCE, args.seed, args.time_images,
                                                                    layout=True, wrap=wrap)
-        out["modes"][mode] = res
+        out["modes"][label] = res
     out["wall_seconds"] = round(time.time() - t0, 1)
+    if args.write_profile:
+        if "off" not in out["modes"] or prof is None:
+            raise SystemExit("--write-profile needs --clockwork off and a profile measured for these weights")
+        chosen = choose_regional(out["modes"], args.tolerance)
+        table = prof["choices"].setdefault("DPM++ 2M", {}).setdefault(str(args.steps), {})
+        for mode, entry in chosen.items():
+            if mode in table:
+                table[mode]["layout"] = entry | {"measured_by": "studio bench layout " + " ".join(argv or sys.argv[1:])}
+        (mdir / "clockwork_profile.json").write_text(json.dumps(prof, indent=1))
+        out["profile_layout"] = chosen
     print(json.dumps(out))
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.layout import main
 
 
@@ -20,3 +22,26 @@ def test_bench_layout_json(capsys, tmp_path) -> None:  # noqa: ANN001
     for m in (off, ada):
         assert 0 <= m["templates"]["attribute_binding_acc"] <= 1 and "relative_position_ci" in m["templates"]
         assert m["prompt_file"]["pair"]["n"] == 1 and m["seconds_per_image_two_objects"] > 0
+
+
+def test_choose_regional_takes_the_fastest_setting_that_keeps_binding() -> None:
+    from bench.layout import choose_regional, parse_candidate
+
+    def r(mode, b, rel, secs, **setting):  # noqa: ANN001, ANN003, ANN202
+        return {"mode": mode, "setting": setting, "seconds_per_image_two_objects": secs,
+                "templates": {"attribute_binding_acc": b, "relative_position_acc": rel}}
+
+    modes = {"off": r("off", 0.82, 0.78, 1.3),
+             "adaptor": r("adaptor", 0.57, 0.62, 0.7, period=5, depth=0, warmup=0, adaptor="d0.safetensors"),
+             "a:p3": r("adaptor", 0.80, 0.75, 0.9, period=3, depth=0, warmup=0, adaptor="d0.safetensors"),
+             "a:p2": r("adaptor", 0.83, 0.79, 1.0, period=2, depth=0, warmup=0, adaptor="d0.safetensors"),
+             "reuse": r("reuse", 0.70, 0.78, 0.8, period=4, depth=1, warmup=0)}
+    out = choose_regional(modes, 0.05)
+    assert out["adaptor"]["period"] == 3 and out["adaptor"]["candidate"] == "a:p3"  # p5 too lossy, p2 slower
+    assert out["adaptor"]["speedup_two_objects"] == round(1.3 / 0.9, 3)
+    assert out["reuse"]["period"] == 1  # binding 0.70 < 0.82 - 0.05: regional images run in full
+    assert parse_candidate("adaptor:p3:d0:w4:x.safetensors") == ("adaptor", {
+        "period": 3, "depth": 0, "warmup": 4, "adaptor": "x.safetensors"})
+    for bad in ("off:p3", "adaptor:q3", "reuse:../x.safetensors", "reuse:p0"):
+        with pytest.raises(SystemExit):
+            parse_candidate(bad)

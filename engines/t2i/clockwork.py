@@ -152,13 +152,17 @@ class Clockwork:
 
     mode: "reuse" (identity adaptor) or "adaptor" (needs ``adaptor``; its depth is used).
     ``depth``: resolution levels that run every step (reuse mode).
+    ``warmup``: the first calls of each trajectory that always run in full. The coarse layout of
+    an image forms in the first steps; an image drawn region by region (layout) needs those exact.
     After the call, ``full_steps`` / ``cheap_steps`` say what ran.
     """
 
     def __init__(self, unet: Any, period: int = 2, mode: str = "reuse", adaptor: ClockworkAdaptor | None = None,
-                 depth: int = 1) -> None:
+                 depth: int = 1, warmup: int = 0) -> None:
         if period < 1:
             raise ValueError("clock period must be ≥ 1")
+        if warmup < 0:
+            raise ValueError("clock warmup must be ≥ 0")
         if mode == "adaptor" and adaptor is None:
             raise ValueError("adaptor mode needs a trained adaptor")
         if mode == "adaptor":
@@ -167,6 +171,7 @@ class Clockwork:
         self.unet = unet
         self.depth = depth
         self.period = period
+        self.warmup = warmup
         self.mode = mode
         self.adaptor = adaptor
         # down_blocks[d-1]'s downsampler only feeds the low-res path: reuse skips it too; the
@@ -223,7 +228,7 @@ class Clockwork:
             self.calls = 0
             self.cache.clear()
         self._last_t, self._batch = t_val, batch
-        self.full = self.calls % self.period == 0 or not self.cache
+        self.full = self.calls < self.warmup or (self.calls - self.warmup) % self.period == 0 or not self.cache
         self.calls += 1
         if self.full:
             self.full_steps += 1
@@ -263,31 +268,39 @@ class Clockwork:
         return forward
 
 
-def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str) -> dict[str, Any]:
+def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str,
+                   regional: bool = False) -> dict[str, Any]:
     """The measured Clockwork setting for (sampler, steps, mode) from a model's profile:
-    ``{"period": P | None, "depth": d, "adaptor": file name | None}``.
+    ``{"period": P | None, "depth": d, "adaptor": file name | None, "warmup": w}``.
 
-    Profile: {"choices": {sampler: {str(steps): {mode: {"period": P, "depth": d, "adaptor": F}}}}}.
-    An unmeasured step count takes the choice of the largest measured count below it (fewer
-    steps tolerate less skipping, so never borrow from a longer schedule); an unmeasured
-    sampler gets nothing (error depends on the solver). ``adaptor`` names an adaptor file
-    beside the model's weights (a plain ``*.safetensors`` name; anything else is ignored), so
-    one model can carry adaptors distilled for different step counts."""
+    Profile: {"choices": {sampler: {str(steps): {mode: {"period": P, "depth": d, "adaptor": F,
+    "layout": {...}}}}}}. An unmeasured step count takes the choice of the largest measured count
+    below it (fewer steps tolerate less skipping, so never borrow from a longer schedule); an
+    unmeasured sampler gets nothing (error depends on the solver). ``adaptor`` names an adaptor
+    file beside the model's weights (a plain ``*.safetensors`` name; anything else is ignored), so
+    one model can carry adaptors distilled for different step counts. With ``regional`` (an image
+    drawn region by region, where the clock that keeps single objects costs binding) the entry's
+    ``layout`` sub-setting (written by ``studio bench layout --write-profile``) replaces it when
+    there is one."""
     import re
 
-    out: dict[str, Any] = {"period": None, "depth": 1, "adaptor": None}
+    out: dict[str, Any] = {"period": None, "depth": 1, "adaptor": None, "warmup": 0}
     table = ((profile or {}).get("choices") or {}).get(sampler) or {}
     below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
     if not below:
         return out
     entry = table[str(below[-1])][mode] or {}
-    p, d, a = entry.get("period"), entry.get("depth"), entry.get("adaptor")
-    if isinstance(p, int) and 2 <= p <= 16:
+    if regional and isinstance(entry.get("layout"), dict):
+        entry = entry["layout"]
+    p, d, a, w = entry.get("period"), entry.get("depth"), entry.get("adaptor"), entry.get("warmup")
+    if isinstance(p, int) and (1 if regional else 2) <= p <= 16:  # 1: regional images run in full
         out["period"] = p
     if isinstance(d, int) and 0 <= d <= 4:
         out["depth"] = d
     if isinstance(a, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,100}\.safetensors", a) and not a.startswith("."):
         out["adaptor"] = a
+    if isinstance(w, int) and 0 <= w <= steps:
+        out["warmup"] = w
     return out
 
 

@@ -101,11 +101,22 @@ class T2IEngine(Engine):
         steps_per_pass = max(1, min(int(params.steps * params.strength), params.steps)) if init else params.steps
         seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
         clock: dict[str, Any] = {}
+        user_period = params.clock_period is not None  # a period the user set holds for every image
         if params.clockwork != "off":
             clock = self._clock_choice(loaded, params)
             if params.clock_period is None:
                 params = params.model_copy(update={"clock_period": clock["period"] or 2})
         adaptor = self._adaptor(loaded, ctx, clock.get("adaptor")) if params.clockwork == "adaptor" else None
+        layout = params.layout == "auto" and not params.adapters and self._speaks_world(loaded)
+        regional_clock = None
+        if layout and params.clockwork != "off" and not user_period:
+            # images drawn region by region lose binding under the clock that keeps single
+            # objects; the profile may carry a gentler one for them (studio bench layout)
+            rc = self._clock_choice(loaded, params, regional=True)
+            if rc != clock:
+                regional_clock = _Clock(rc["period"] or 2, rc["depth"], rc["warmup"],
+                                        self._adaptor(loaded, ctx, rc.get("adaptor"))
+                                        if params.clockwork == "adaptor" else None)
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
                      steps_per_pass=steps_per_pass, total=steps_per_pass * params.batch_count, seed=seed,
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
@@ -114,7 +125,7 @@ class T2IEngine(Engine):
                      adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)),
                      # adapters teach words of their own (a personal subject's name) that a reworded
                      # prompt would drop: with adapters the prompt goes through as typed
-                     layout=params.layout == "auto" and not params.adapters and self._speaks_world(loaded))
+                     layout=layout, regional_clock=regional_clock)
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:
@@ -125,6 +136,7 @@ class T2IEngine(Engine):
         done = 0
         cheap = 0
         regional = 0  # images drawn region by region (layout)
+        regional_clocked = 0  # ... of them under the profile's regional clock
         for b in range(params.batch_count):
             ctx.check_cancelled()
             seeds = [(plan.seed + b * params.batch_size + k) % 2**32 for k in range(params.batch_size)]
@@ -140,12 +152,17 @@ class T2IEngine(Engine):
                 return kw
 
             prompts, region_ctx, layouts = [params.prompt] * params.batch_size, nullcontext(), [None] * len(seeds)
+            clock = _Clock(params.clock_period or 2, plan.clock_depth or 0, 0, plan.adaptor)
             if plan.layout:  # the world model: prompt read into objects, one region each (engines.world.compose)
                 from engines.world.compose import prepare
 
                 prompts, region_ctx, plans = prepare(pipe, prompts, seeds, plan.height, plan.width)
                 layouts = [p.as_dict() for p in plans]
-                regional += sum(len(p.regions) >= 2 for p in plans)
+                n_regional = sum(len(p.regions) >= 2 for p in plans)
+                regional += n_regional
+                if n_regional and plan.regional_clock is not None:
+                    clock = plan.regional_clock  # one clock per batch call: the regional one wins
+                    regional_clocked += n_regional
             call: dict[str, Any] = dict(prompt=prompts,
                                         negative_prompt=[params.negative_prompt] * params.batch_size,
                                         num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
@@ -159,8 +176,8 @@ class T2IEngine(Engine):
                     if params.clockwork != "off":
                         from engines.t2i.clockwork import Clockwork
 
-                        with Clockwork(plan.run_pipe.unet, params.clock_period, params.clockwork, plan.adaptor,
-                                       depth=plan.clock_depth) as cw:
+                        with Clockwork(plan.run_pipe.unet, clock.period, params.clockwork, clock.adaptor,
+                                       depth=clock.depth, warmup=clock.warmup) as cw:
                             images = plan.run_pipe(**call).images
                         cheap += cw.cheap_steps
                     else:
@@ -179,6 +196,8 @@ class T2IEngine(Engine):
                     "adapters": adapter_info}
                 if layouts[k] is not None:
                     studio_meta["layout"] = layouts[k]
+                if params.clockwork != "off":  # the clock this image ran under (regional images differ)
+                    studio_meta["clockwork"] = {"mode": params.clockwork, **clock.describe()}
                 text = a1111_parameters(plan.used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION,
                                         adapter_info)
                 path = ctx.work_dir / f"{plan.seed}-{idx:03d}.png"
@@ -191,6 +210,9 @@ class T2IEngine(Engine):
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
                                         "clockwork_cut_depth": plan.clock_depth,
                                         "layout": "auto" if plan.layout else "off", "regional_images": regional,
+                                        **({"clockwork_regional": plan.regional_clock.describe(),
+                                            "clockwork_regional_images": regional_clocked}
+                                           if plan.regional_clock is not None else {}),
                                         "steps_total": plan.total, "adapter_switch_ms": round(switch_ms, 2)})
 
     @staticmethod
@@ -218,10 +240,11 @@ class T2IEngine(Engine):
         return loaded.extras["world_grammar"]
 
     @staticmethod
-    def _clock_choice(loaded: LoadedPipeline, params: T2IParams) -> dict[str, Any]:
+    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, regional: bool = False) -> dict[str, Any]:
         """The Clockwork setting the model's profile measured best for this sampler, step count
-        and mode — period, cut depth, adaptor file (a profile made for other weights is
-        ignored); period 2 at depth 1 with the model's default adaptor without one."""
+        and mode — period, cut depth, adaptor file, warm-up (a profile made for other weights is
+        ignored); period 2 at depth 1 with the model's default adaptor without one. ``regional``:
+        the setting for images drawn region by region, where the profile has one."""
         from engines.t2i.clockwork import choose_setting
 
         if "clockwork_profile" not in loaded.extras:
@@ -235,7 +258,8 @@ class T2IEngine(Engine):
             if not isinstance(prof, dict) or prof.get("model_hash") != loaded.model_hash:
                 prof = None
             loaded.extras["clockwork_profile"] = prof
-        return choose_setting(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork)
+        return choose_setting(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork,
+                              regional=regional)
 
     @staticmethod
     def _adaptor(loaded: LoadedPipeline, ctx: EngineContext, name: str | None = None) -> Any:
@@ -263,6 +287,20 @@ class T2IEngine(Engine):
 
 
 @dataclass(frozen=True)
+class _Clock:
+    """One Clockwork setting as a job runs it."""
+
+    period: int
+    depth: int
+    warmup: int
+    adaptor: Any  # the adaptor module (its own depth wins), or None for reuse
+
+    def describe(self) -> dict[str, Any]:
+        return {"period": self.period, "depth": int(self.adaptor.config["depth"]) if self.adaptor is not None
+                else self.depth, "warmup": self.warmup}
+
+
+@dataclass(frozen=True)
 class _Plan:
     """Everything one t2i job resolved before the denoising loop."""
 
@@ -279,3 +317,4 @@ class _Plan:
     adaptor: Any  # the Clockwork adaptor module, or None
     clock_depth: int | None = None  # Clockwork: resolution levels run every step (None: Clockwork off)
     layout: bool = False  # read the prompt into objects and draw them region by region (world models)
+    regional_clock: _Clock | None = None  # the Clockwork setting for images drawn region by region

@@ -136,6 +136,37 @@ def test_layout_runs_with_clockwork(world_ctx) -> None:  # noqa: ANN001
     assert res.meta["regional_images"] == 2 and res.meta["clockwork_cheap_steps"] > 0
 
 
+def test_regional_images_take_the_profiles_gentler_clock(world_ctx, tmp_path) -> None:  # noqa: ANN001
+    """The clock that keeps single objects costs binding; a profile's ``layout`` sub-setting
+    gives images drawn region by region their own (warm-up, period), and each image records
+    the clock it ran under."""
+    import json
+    import shutil
+
+    from engines.pipelines import load_pipeline
+    from engines.t2i.metadata import read_png_metadata
+
+    model = tmp_path / "sd"
+    shutil.copytree(default_model_dir(), model)
+    loaded = load_pipeline(ModelSpec(ref=str(model), kind="diffusers", path=model), "cpu", "float32")
+    prof = {"model_hash": loaded.model_hash, "choices": {"DPM++ 2M": {"20": {"adaptor": {
+        "period": 5, "depth": 0, "adaptor": "clockwork_adaptor_d0.safetensors",
+        "layout": {"period": 3, "depth": 0, "warmup": 5, "adaptor": "clockwork_adaptor_d0.safetensors"}}}}}}
+    (model / "clockwork_profile.json").write_text(json.dumps(prof))
+    one = _run(world_ctx, model=str(model), prompt="a red star", clockwork="adaptor")
+    assert one.meta["clockwork_cheap_steps"] == 16 and one.meta["clockwork_regional_images"] == 0
+    assert read_png_metadata(one.artifacts[0].path)["studio"]["clockwork"]["period"] == 5  # (same work dir)
+    two = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring", clockwork="adaptor")
+    # full at calls 0-4 (warm-up), then every 3rd: 5, 8, 11, 14, 17
+    assert two.meta["clockwork_cheap_steps"] == 10 and two.meta["clockwork_regional_images"] == 1
+    assert two.meta["clockwork_regional"] == {"period": 3, "depth": 0, "warmup": 5}
+    assert read_png_metadata(two.artifacts[0].path)["studio"]["clockwork"] == {
+        "mode": "adaptor", "period": 3, "depth": 0, "warmup": 5}
+    fixed = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring", clockwork="adaptor",
+                 clock_period=4)
+    assert fixed.meta["clockwork_cheap_steps"] == 15 and "clockwork_regional" not in fixed.meta  # the user's period
+
+
 def test_models_without_a_grammar_ignore_layout(tiny_model, world_ctx) -> None:  # noqa: ANN001
     res = T2IEngine().run(T2IParams(model=str(tiny_model), prompt="a red square and a blue circle", steps=2,
                                     seed=1, preview_every=0), world_ctx)

@@ -258,14 +258,54 @@ def test_choose_setting_reads_depth_and_adaptor_file_and_refuses_paths() -> None
     prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 3, "adaptor": "cw_s8.safetensors"},
                                            "reuse": {"period": 2, "depth": 0}},
                                      "20": {"adaptor": {"period": 5, "adaptor": "../../etc/x.safetensors"}}}}}
-    assert choose_setting(prof, "DPM++ 2M", 8, "adaptor") == {"period": 3, "depth": 1, "adaptor": "cw_s8.safetensors"}
-    assert choose_setting(prof, "DPM++ 2M", 8, "reuse") == {"period": 2, "depth": 0, "adaptor": None}
+    assert choose_setting(prof, "DPM++ 2M", 8, "adaptor") == {"period": 3, "depth": 1, "adaptor": "cw_s8.safetensors",
+                                                              "warmup": 0}
+    assert choose_setting(prof, "DPM++ 2M", 8, "reuse") == {"period": 2, "depth": 0, "adaptor": None, "warmup": 0}
     # a profile is a file beside the weights, but a name with a path in it is never followed
     assert choose_setting(prof, "DPM++ 2M", 20, "adaptor")["adaptor"] is None
     for bad in ("/abs.safetensors", ".hidden.safetensors", "a/b.safetensors", "x.bin", 3):
         p2 = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 2, "adaptor": bad}}}}}
         assert choose_setting(p2, "DPM++ 2M", 8, "adaptor")["adaptor"] is None
-    assert choose_setting(None, "Euler", 8, "reuse") == {"period": None, "depth": 1, "adaptor": None}
+    assert choose_setting(None, "Euler", 8, "reuse") == {"period": None, "depth": 1, "adaptor": None, "warmup": 0}
+
+
+def test_choose_setting_regional_takes_the_layout_sub_setting() -> None:
+    from engines.t2i.clockwork import choose_setting
+
+    prof = {"choices": {"DPM++ 2M": {"20": {"adaptor": {"period": 5, "depth": 0, "adaptor": "d0.safetensors",
+                                                        "layout": {"period": 3, "depth": 0, "warmup": 4,
+                                                                   "adaptor": "d0.safetensors"}},
+                                            "reuse": {"period": 4, "layout": {"period": 1}}}}}}
+    assert choose_setting(prof, "DPM++ 2M", 20, "adaptor") == {"period": 5, "depth": 0, "adaptor": "d0.safetensors",
+                                                               "warmup": 0}
+    assert choose_setting(prof, "DPM++ 2M", 20, "adaptor", regional=True) == {
+        "period": 3, "depth": 0, "adaptor": "d0.safetensors", "warmup": 4}
+    assert choose_setting(prof, "DPM++ 2M", 25, "adaptor", regional=True)["warmup"] == 4  # borrowed from 20
+    assert choose_setting(prof, "DPM++ 2M", 20, "reuse", regional=True)["period"] == 1  # regional: in full
+    assert choose_setting(prof, "DPM++ 2M", 20, "reuse")["period"] == 4
+    bad = {"choices": {"DPM++ 2M": {"20": {"adaptor": {"period": 5, "layout": {"warmup": 99, "period": 0}}}}}}
+    assert choose_setting(bad, "DPM++ 2M", 20, "adaptor", regional=True) == {
+        "period": None, "depth": 1, "adaptor": None, "warmup": 0}
+
+
+def test_clock_warmup_runs_the_first_steps_in_full() -> None:
+    from diffusers import UNet2DConditionModel
+
+    from engines.t2i.clockwork import Clockwork
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8).eval()
+    x, ehs = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
+    with torch.no_grad(), Clockwork(unet, period=3, mode="reuse", warmup=4) as cw:
+        for step in range(10):
+            unet(x, 999 - step, encoder_hidden_states=ehs)
+    # steps 0-3 warm-up, then full at 4 and 7, cheap at 5, 6, 8, 9
+    assert (cw.full_steps, cw.cheap_steps) == (6, 4)
+    with pytest.raises(ValueError, match="warmup"):
+        Clockwork(unet, period=2, warmup=-1)
 
 
 def test_empty_clock_period_uses_the_profile_of_these_weights(tiny, tmp_path) -> None:  # noqa: ANN001
