@@ -407,8 +407,7 @@ def _template_wording(it: dict, cat: str) -> str:
         return caption(objs[0], it.get("background"))
     if cat == "pair":
         return " and ".join(caption(o, None) for o in objs) + bg
-    rel = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
-    return f"{caption(objs[0], None)} {rel[it['relation']]} {caption(objs[1], None)}{bg}"
+    return f"{caption(objs[0], None)} {g.RELATION_PHRASES[it['relation']]} {caption(objs[1], None)}{bg}"
 
 
 def _file_successes(it: dict, cat: str, bg: str, dets: list[Detection]) -> dict[str, bool]:

@@ -525,10 +525,13 @@ def pair_caption(scene: Scene, positions: bool = False, size: bool = True, style
     return " and ".join(parts) + f" on a {scene.background} background"
 
 
+RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+
+
 def relation_caption(a: Obj, relation: str, b: Obj, background: str) -> str:
     """"a red square to the left of a blue circle on a white background" (GenEval's wording;
     the training captions never relate two objects)."""
-    rel = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}[relation]
+    rel = RELATION_PHRASES[relation]
     return f"{_noun(a, False, False)} {rel} {_noun(b, False, False)} on a {background} background"
 
 

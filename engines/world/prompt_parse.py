@@ -131,6 +131,10 @@ for _side in ("left", "right"):
     for _pre in ("", "to ", "on ", "at ", "by "):
         for _suf in ("", " side", " hand side"):
             _add("relp", f"{_side} of", f"{_pre}its {_side}{_suf}")
+    for _by in ("next to it", "beside it", "by it", "near it"):  # "a square next to it on the left"
+        for _at in ("on the", "to the", "at the"):
+            for _suf in ("", " side", " hand side"):
+                _add("relp", f"{_side} of", f"{_by} {_at} {_side}{_suf}")
 for _p in ("and", "with", "plus", "as well as", "together with", "along with", "alongside", "next to", "beside",
            "besides", "near", "by", "accompanied by", "paired with", "and also", "also", "then", "while",
            "whereas", "but", "opposite", "across from", "away from", "apart from", ",", ";", ".", ":", "&"):
@@ -239,10 +243,60 @@ _FILLER = frozenset(
     "place inside far way along both directly exactly slightly toward towards from as like plain".split())
 
 
+_ATTR = ("color", "size", "style")
+
+
+def _members(toks: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
+    """A counted shape whose members are then described one by one ("two circles: a striped pink
+    one and a yellow one", "two diamonds, one pink and one cyan", "two rings: green on the left,
+    cyan on the right", "two crosses, the cyan one left of the blue one") is those members, not
+    n copies: each member becomes a mention of the shape, and the count becomes a lead-in whose
+    own attributes ("two big circles: ...") go to every member; fewer members than the count
+    leave the rest as the group says ("two circles, a red one": a circle and a red circle). Only
+    when no other shape is named after the group and no more members than the count."""
+    for c, t in enumerate(toks):
+        if t[0] != "count" or int(t[1]) < 2:
+            continue
+        s = c + 1
+        while s < len(toks) and toks[s][0] in _ATTR:
+            s += 1
+        if s >= len(toks) or toks[s][0] != "shape" or any(x[0] == "shape" for x in toks[s + 1:]):
+            continue
+        segs, cur = [], []
+        for k in range(s + 1, len(toks)):
+            if toks[k][0] in ("sep", "rel", "relp"):
+                segs.append(cur)
+                cur = []
+            else:
+                cur.append(k)
+        segs.append(cur)
+        members = [seg for seg in segs if any(toks[k][0] in _ATTR for k in seg)]
+        if not members or len(members) > int(t[1]):
+            continue
+        shape = toks[s][1]
+        out = list(toks)
+        if len(members) == int(t[1]):
+            out[c] = ("all", "all", t[2], t[3])
+            out[s] = ("gen", "", toks[s][2], toks[s][3])
+        else:  # "two circles, a red one": the red one and one circle as the group says
+            out[c] = ("count", str(int(t[1]) - len(members)), t[2], t[3])
+        insert_after: list[int] = []
+        for seg in members:
+            ones = [k for k in seg if toks[k][2] in ("one", "ones") and k - 1 in seg and toks[k - 1][0] in _ATTR]
+            if ones:
+                out[ones[0]] = ("shape", shape, toks[ones[0]][2], toks[ones[0]][3])
+            else:  # "one pink", "green on the left": the shape after the member's last attribute
+                insert_after.append(max(k for k in seg if toks[k][0] in _ATTR))
+        for k in sorted(insert_after, reverse=True):
+            out.insert(k + 1, ("shape", shape, "", toks[k][3]))
+        return out
+    return toks
+
+
 def parse(prompt: str) -> ParsedPrompt | None:
     """The scene a prompt asks for, or None when it names no world shape (then the prompt is
     used as typed). Attributes attach to the shape of their clause (see the module doc)."""
-    toks = _lex(_tokens(prompt))
+    toks = _members(_lex(_tokens(prompt)))
     # "the purple one": a reference by colour to an object already named; read the prompt once to
     # learn which shape has that colour, then read "one" as that shape
     refs = [k for k in range(2, len(toks)) if toks[k][2] in ("one", "ones") and toks[k - 1][0] == "color"
@@ -305,6 +359,12 @@ def _parse_tokens(toks: list[tuple[str, str, str, int]]) -> ParsedPrompt | None:
             cuts = [j for j in range(a + 1, b) if toks[j][0] in ("sep", "rel", "relp")]
             dets = [j for j in range(a + 1, b) if toks[j][0] in ("det", "count")]
             cut = cuts[-1] if cuts else (dets[-1] - 1 if dets else a)
+            # "..., and a medium-sized, filled pink square": a determiner after the last cut
+            # before this word opens the next noun phrase; a comma after it only lists adjectives
+            before = [j for j in cuts if j < k]
+            if before and any(before[-1] < j < k for j in dets) and t[0] != "count" \
+                    and all(toks[j][2] == "," for j in cuts if j > k) and not any(k < j < b for j in dets):
+                cut = k - 1
             if t[0] == "count":
                 cut = min(cut, k - 1)
             owner[k] = [a] if k <= cut else [b]

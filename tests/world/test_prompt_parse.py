@@ -168,28 +168,37 @@ def test_intensifiers_generic_counts_colour_references_and_background_prepositio
     assert len(p.objects) == 2 and p.relations == [(1, "below", 0)], p.as_dict()
 
 
-@pytest.mark.parametrize("name", ["world_prompts_heldout.json", "world_prompts_heldout2.json"])
+@pytest.mark.parametrize("name", ["world_prompts_heldout.json", "world_prompts_heldout2.json",
+                                  "world_prompts_heldout3.json"])
 def test_wording_sets_parse_to_their_labels(name) -> None:  # noqa: ANN001
-    """The two wording sets written by helpers that never saw this code. The reader was fixed on
-    what it misread in each, after set 2 had been measured through WorldEval (its figures in
-    docs/embedded-world.md were taken before); both are development sets now (158/158 each)."""
+    """The wording sets written by helpers that never saw this code. The reader was fixed on what
+    it misread in each, after the set had been measured through WorldEval (figures in
+    docs/embedded-world.md); all are development sets now. A relation counts as read when the
+    reader names it or when the places it reads ("on the left", "on the right") make it hold in
+    every layout drawn; those places are the only attribute a relation item may add."""
     import json
     from pathlib import Path
 
-    inv = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    import numpy as np
+
+    from engines.world.generator import relation_holds
+
     data = json.loads((Path(__file__).parents[1] / "data" / name).read_text())
     for cat in ("single", "pair", "relation"):
         for it in data[cat]:
             p = pp.parse(it["prompt"])
             assert p is not None and len(p.objects) == len(it["objects"]), it["prompt"]
-            got = [{k: v for k, v in o.__dict__.items() if v is not None} for o in p.objects]
+            got = [{k: v for k, v in o.__dict__.items() if v is not None and (cat != "relation" or k != "position")}
+                   for o in p.objects]
             want = [{k: v for k, v in o.items() if v is not None} for o in it["objects"]]
             idx = [got.index(w) if w in got else None for w in want]
             assert None not in idx and len(set(idx)) == len(idx), (it["prompt"], got)
             assert p.background == it.get("background") or it.get("background") is None, it["prompt"]
             if cat == "relation":
                 a, b = idx
-                assert p.relations in ([(a, it["relation"], b)], [(b, inv[it["relation"]], a)]), it["prompt"]
+                for seed in range(8):
+                    cells = pp.layout(p, np.random.default_rng(seed))
+                    assert relation_holds(it["relation"], cells[a], cells[b]), (it["prompt"], p.as_dict(), cells)
 
 
 def test_negated_fills_line_patterns_lead_ins_and_sides_of_the_background() -> None:
@@ -201,3 +210,27 @@ def test_negated_fills_line_patterns_lead_ins_and_sides_of_the_background() -> N
         ("heart", "red", None, None, None), ("star", "blue", "large", None, None)]
     p = pp.parse("a green triangle at the lower left of a navy background")
     assert p.objects[0].position == "bottom left" and p.background == "navy" and not p.relations
+
+
+def test_counted_shapes_whose_members_are_described_one_by_one() -> None:
+    assert objs("three stars: a red one, a blue one and a green one") == [
+        ("star", "red", None, None, None), ("star", "blue", None, None, None), ("star", "green", None, None, None)]
+    assert objs("two large squares, one purple and one orange") == [
+        ("square", "purple", "large", None, None), ("square", "orange", "large", None, None)]
+    assert objs("a pair of hearts: pink on top, yellow at the bottom") == [
+        ("heart", "pink", None, None, "top"), ("heart", "yellow", None, None, "bottom")]
+    p = pp.parse("two rings, the dotted cyan one above the blue one")
+    assert [(o.color, o.style) for o in p.objects] == [("cyan", "dotted"), ("blue", None)]
+    assert p.relations == [(0, "above", 1)]
+    # no member list, another shape after the group, or members that do not match the count: copies
+    assert objs("two red stars") == [("star", "red", None, None, None)] * 2
+    assert [o.shape for o in pp.parse("two circles and a pink star").objects] == ["circle", "circle", "star"]
+    assert objs("two big circles, a red one") == [("circle", None, "large", None, None),
+                                                  ("circle", "red", None, None, None)]
+
+
+def test_adjectives_listed_with_commas_after_a_determiner_and_beside_it_on_a_side() -> None:
+    assert objs("a small ring, and a large, dotted blue cross") == [
+        ("ring", None, "small", None, None), ("cross", "blue", "large", "dotted", None)]
+    p = pp.parse("a red star and a blue ring beside it on the right")
+    assert p.relations == [(1, "right of", 0)]
