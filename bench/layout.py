@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if "off" not in out["modes"] or prof is None:
             raise SystemExit("--write-profile needs --clockwork off and a profile measured for these weights")
         chosen = choose_regional(out["modes"], args.tolerance)
+        prof = json.loads((mdir / "clockwork_profile.json").read_text())  # as it is now: another run may have written
         table = prof["choices"].setdefault("DPM++ 2M", {}).setdefault(str(args.steps), {})
         for mode, entry in chosen.items():
             if mode in table:

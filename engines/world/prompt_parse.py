@@ -282,6 +282,9 @@ def _members(toks: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str,
             out[c] = ("count", str(int(t[1]) - len(members)), t[2], t[3])
         insert_after: list[int] = []
         for seg in members:
+            for k in seg:  # "the big one and the blue one" are two members, not a reference back
+                if toks[k][0] == "det" and toks[k][1] in ("the", "that", "this"):
+                    out[k] = ("det", "a", toks[k][2], toks[k][3])
             ones = [k for k in seg if toks[k][2] in ("one", "ones") and k - 1 in seg and toks[k - 1][0] in _ATTR]
             if ones:
                 out[ones[0]] = ("shape", shape, toks[ones[0]][2], toks[ones[0]][3])

@@ -222,6 +222,8 @@ def test_counted_shapes_whose_members_are_described_one_by_one() -> None:
     p = pp.parse("two rings, the dotted cyan one above the blue one")
     assert [(o.color, o.style) for o in p.objects] == [("cyan", "dotted"), ("blue", None)]
     assert p.relations == [(0, "above", 1)]
+    assert objs("two crosses: the big one and the blue one") == [
+        ("cross", None, "large", None, None), ("cross", "blue", None, None, None)]
     # no member list, another shape after the group, or members that do not match the count: copies
     assert objs("two red stars") == [("star", "red", None, None, None)] * 2
     assert [o.shape for o in pp.parse("two circles and a pink star").objects] == ["circle", "circle", "star"]
