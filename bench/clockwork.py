@@ -214,6 +214,11 @@ def write_profile(path: Path, model_hash: str, sampler: str, runs: list[dict[str
                 if mode == "adaptor":
                     entry[mode]["adaptor"] = (files or {})[r["adaptor"]].name
         entry["measured_by"] = "studio bench clockwork " + " ".join(argv)  # per step count: runs can differ
+        # the regional clock (``studio bench layout --write-profile``) is measured on its own: keep it
+        before = ((prof.get("choices") or {}).get(sampler) or {}).get(str(run["steps"])) or {}
+        for mode in ("reuse", "adaptor"):
+            if mode in entry and isinstance((before.get(mode) or {}).get("layout"), dict):
+                entry[mode]["layout"] = before[mode]["layout"]
         table[str(run["steps"])] = entry
     old = prof.get("choices") or {}
     # the command is kept per step count (each run may measure only some of them)

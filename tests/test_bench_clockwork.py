@@ -47,3 +47,10 @@ def test_profile_names_only_adaptors_beside_the_weights(tmp_path: Path) -> None:
     entry = json.loads(prof.read_text())["choices"]["DPM++ 2M"]["8"]
     assert entry["adaptor"]["adaptor"] == "cw_s8.safetensors" and entry["adaptor"]["period"] == 3
     assert entry["reuse"] == entry["reuse"] | {"period": 2, "depth": 0}
+    # a regional clock written by `studio bench layout` survives a new single-object measurement
+    p = json.loads(prof.read_text())
+    p["choices"]["DPM++ 2M"]["8"]["adaptor"]["layout"] = {"period": 2, "depth": 1}
+    prof.write_text(json.dumps(p))
+    write_profile(prof, "h", "DPM++ 2M", [run], ["--json"], {"cw_s8": local, "elsewhere": far})
+    entry = json.loads(prof.read_text())["choices"]["DPM++ 2M"]["8"]
+    assert entry["adaptor"]["layout"] == {"period": 2, "depth": 1} and "layout" not in entry["reuse"]
