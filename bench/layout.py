@@ -15,7 +15,8 @@ full warm-up steps ``wN``, adaptor file beside the model), e.g. to find a gentle
 images drawn region by region. ``--write-profile`` (needs ``off``) stores, per mode, the fastest
 setting whose binding and relation accuracy each stay within ``--tolerance`` of layout without
 Clockwork, as the profile entry's ``layout`` sub-setting that t2i jobs use for regional images
-(period 1, i.e. in full, when none does).
+(period 1, i.e. in full, when none does); ``--choose-from JSON`` makes that choice again from
+a saved run without measuring.
 Quality figures come with 95 % bootstrap intervals over prompts. Prints one JSON object.
 """
 from __future__ import annotations
@@ -61,29 +62,52 @@ def parse_candidate(spec: str) -> tuple[str, dict]:
     return mode, setting
 
 
+def _regional_scores(r: dict) -> dict[str, float]:
+    """The figures a regional clock must keep: binding and relations on the templates and, when
+    the run scored one, on the prompt file (other wordings, other scenes)."""
+    out = {"binding": r["templates"]["attribute_binding_acc"],
+           "relations": r["templates"]["relative_position_acc"]}
+    pf = r.get("prompt_file") or {}
+    if "pair" in pf:
+        out["file_binding"] = pf["pair"]["attribute_binding_acc"]
+    if "relation" in pf:
+        out["file_relations"] = pf["relation"]["relative_position_acc"]
+    return out
+
+
 def choose_regional(modes: dict, tolerance: float) -> dict:
     """{label: bench result} -> {mode: layout sub-setting}: per Clockwork mode, the setting with
-    the lowest two-object time whose binding and relation accuracy each lie within ``tolerance``
-    of the ``off`` result (same prompts, same noise); period 1 (no reuse) when none does."""
-    off = modes["off"]["templates"]
-    keys = ("attribute_binding_acc", "relative_position_acc")
+    the lowest two-object time whose binding and relation accuracy (templates, and the prompt
+    file when scored) each lie within ``tolerance`` of the ``off`` result (same prompts, same
+    noise); period 1 (no reuse) when none does."""
+    off = _regional_scores(modes["off"])
     out: dict = {}
     for mode in ("reuse", "adaptor"):
         runs = [(label, r) for label, r in modes.items() if r.get("mode") == mode]
         if not runs:
             continue
         ok = [(r["seconds_per_image_two_objects"], label, r) for label, r in runs
-              if all(r["templates"][k] >= off[k] - tolerance for k in keys)]
+              if all(v >= off[k] - tolerance for k, v in _regional_scores(r).items() if k in off)]
         if not ok:
             out[mode] = {"period": 1, "depth": 1, "warmup": 0, "why": f"no setting kept binding and relations "
                                                                      f"within {tolerance} of Clockwork off"}
             continue
         secs, label, r = min(ok, key=lambda x: x[0])
         out[mode] = {k: r["setting"][k] for k in ("period", "depth", "warmup", "adaptor") if k in r["setting"]} | {
-            "candidate": label, "binding": r["templates"]["attribute_binding_acc"],
-            "relations": r["templates"]["relative_position_acc"],
+            "candidate": label, **_regional_scores(r),
             "speedup_two_objects": round(modes["off"]["seconds_per_image_two_objects"] / secs, 3)}
     return out
+
+
+def write_regional(mdir: Path, steps: int, chosen: dict, command: str) -> None:
+    """Store each mode's regional setting as the ``layout`` sub-setting of the profile entry for
+    ``steps`` (the profile as it is now: another run may have written it meanwhile)."""
+    prof = json.loads((mdir / "clockwork_profile.json").read_text())
+    table = prof["choices"].setdefault("DPM++ 2M", {}).setdefault(str(steps), {})
+    for mode, entry in chosen.items():
+        if mode in table:
+            table[mode]["layout"] = entry | {"measured_by": command}
+    (mdir / "clockwork_profile.json").write_text(json.dumps(prof, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-images", type=int, default=3, help="images timed per example prompt and mode")
     add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--choose-from", type=Path, default=None, metavar="JSON",
+                    help="measure nothing: choose the regional settings from this saved output of a run with "
+                         "--clockwork off, under the current rule and --tolerance, and write them to the profile")
     args = ap.parse_args(argv)
+    if args.choose_from is not None:
+        from engines.world.paths import default_model_dir
+
+        saved = json.loads(args.choose_from.read_text())
+        if "off" not in saved.get("modes", {}):
+            raise SystemExit(f"{args.choose_from}: no 'off' run to compare with")
+        chosen = choose_regional(saved["modes"], args.tolerance)
+        write_regional(default_model_dir(), int(saved["steps"]), chosen,
+                       f"{saved.get('command', 'studio bench layout')} (chosen by --choose-from, tolerance "
+                       f"{args.tolerance})")
+        print(json.dumps({"steps": saved["steps"], "profile_layout": chosen}))
+        return 0
     apply_threads(args)
 
     from engines.pipelines import model_hash
@@ -154,12 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         if "off" not in out["modes"] or prof is None:
             raise SystemExit("--write-profile needs --clockwork off and a profile measured for these weights")
         chosen = choose_regional(out["modes"], args.tolerance)
-        prof = json.loads((mdir / "clockwork_profile.json").read_text())  # as it is now: another run may have written
-        table = prof["choices"].setdefault("DPM++ 2M", {}).setdefault(str(args.steps), {})
-        for mode, entry in chosen.items():
-            if mode in table:
-                table[mode]["layout"] = entry | {"measured_by": "studio bench layout " + " ".join(argv or sys.argv[1:])}
-        (mdir / "clockwork_profile.json").write_text(json.dumps(prof, indent=1))
+        out["command"] = "studio bench layout " + " ".join(argv or sys.argv[1:])
+        write_regional(mdir, args.steps, chosen, out["command"])
         out["profile_layout"] = chosen
     print(json.dumps(out))
     return 0

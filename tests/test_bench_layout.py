@@ -40,8 +40,37 @@ def test_choose_regional_takes_the_fastest_setting_that_keeps_binding() -> None:
     assert out["adaptor"]["period"] == 3 and out["adaptor"]["candidate"] == "a:p3"  # p5 too lossy, p2 slower
     assert out["adaptor"]["speedup_two_objects"] == round(1.3 / 0.9, 3)
     assert out["reuse"]["period"] == 1  # binding 0.70 < 0.82 - 0.05: regional images run in full
+    # with a prompt file scored, its binding and relations must hold too
+    for label, fb in (("off", 0.80), ("adaptor", 0.5), ("a:p3", 0.70), ("a:p2", 0.79), ("reuse", 0.8)):
+        modes[label]["prompt_file"] = {"pair": {"attribute_binding_acc": fb}, "relation": {"relative_position_acc": 0.9}}
+    out = choose_regional(modes, 0.05)
+    assert out["adaptor"]["candidate"] == "a:p2" and out["adaptor"]["file_binding"] == 0.79
     assert parse_candidate("adaptor:p3:d0:w4:x.safetensors") == ("adaptor", {
         "period": 3, "depth": 0, "warmup": 4, "adaptor": "x.safetensors"})
     for bad in ("off:p3", "adaptor:q3", "reuse:../x.safetensors", "reuse:p0"):
         with pytest.raises(SystemExit):
             parse_candidate(bad)
+
+
+def test_choose_from_a_saved_run_writes_the_profile(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import shutil
+
+    from engines.world import paths
+
+    model = tmp_path / "sd"
+    shutil.copytree(paths.default_model_dir(), model)
+    monkeypatch.setattr(paths, "default_model_dir", lambda: model)
+    saved = {"steps": 20, "command": "studio bench layout --steps 20", "modes": {
+        "off": {"mode": "off", "setting": None, "seconds_per_image_two_objects": 1.5,
+                "templates": {"attribute_binding_acc": 0.8, "relative_position_acc": 0.8}},
+        "adaptor:p3": {"mode": "adaptor", "seconds_per_image_two_objects": 0.8,
+                       "setting": {"period": 3, "depth": 0, "warmup": 0, "adaptor": "clockwork_adaptor_d0.safetensors"},
+                       "templates": {"attribute_binding_acc": 0.82, "relative_position_acc": 0.78}}}}
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    assert main(["--choose-from", str(tmp_path / "run.json")]) == 0
+    entry = json.loads((model / "clockwork_profile.json").read_text())["choices"]["DPM++ 2M"]["20"]["adaptor"]
+    assert entry["layout"]["period"] == 3 and "--choose-from" in entry["layout"]["measured_by"]
+    assert entry["period"] == 5  # the single-object setting is untouched
+    (tmp_path / "bad.json").write_text(json.dumps({"steps": 20, "modes": {}}))
+    with pytest.raises(SystemExit):
+        main(["--choose-from", str(tmp_path / "bad.json")])
