@@ -42,7 +42,10 @@ class T2IParams(Params):
     clock_period: int | None = Field(None, ge=2, le=16,
                                      description="Clockwork: a full U-Net pass every N steps; empty = the period "
                                                  "measured best for this model, sampler and step count "
-                                                 "(`studio bench clockwork --write-profile`), else 2")
+                                                 "(`studio bench clockwork --write-profile`; images drawn region "
+                                                 "by region get the profile's gentler regional setting, "
+                                                 "`studio bench layout --write-profile`), else 2; a set period "
+                                                 "holds for every image")
     layout: Literal["auto", "off"] = Field(
         "auto", description="auto: for a model that ships a prompt grammar (the embedded world model), read the "
                             "prompt into objects, give each its own cell (keeping named positions and relations "
