@@ -152,8 +152,9 @@ class Clockwork:
 
     mode: "reuse" (identity adaptor) or "adaptor" (needs ``adaptor``; its depth is used).
     ``depth``: resolution levels that run every step (reuse mode).
-    ``warmup``: the first calls of each trajectory that always run in full. The coarse layout of
-    an image forms in the first steps; an image drawn region by region (layout) needs those exact.
+    ``warmup``: the first calls of each trajectory that always run in full (the coarse layout forms
+    there). A candidate for images drawn region by region; on the embedded model a shorter period
+    kept binding better at the same cost (docs/embedded-world.md), so the shipped profile uses none.
     After the call, ``full_steps`` / ``cheap_steps`` say what ran.
     """
 

@@ -100,29 +100,25 @@ class T2IEngine(Engine):
                 raise EngineError(f"cannot read init_image: {e}") from None
         steps_per_pass = max(1, min(int(params.steps * params.strength), params.steps)) if init else params.steps
         seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
-        clock: dict[str, Any] = {}
-        user_period = params.clock_period is not None  # a period the user set holds for every image
-        if params.clockwork != "off":
-            clock = self._clock_choice(loaded, params)
-            if params.clock_period is None:
-                params = params.model_copy(update={"clock_period": clock["period"] or 2})
-        adaptor = self._adaptor(loaded, ctx, clock.get("adaptor")) if params.clockwork == "adaptor" else None
+        clock, regional_clock = None, None
         layout = params.layout == "auto" and not params.adapters and self._speaks_world(loaded)
-        regional_clock = None
-        if layout and params.clockwork != "off" and not user_period:
+        if params.clockwork != "off":
+            choice = self._clock_choice(loaded, params)
+            user_period = params.clock_period is not None  # a period the user set holds for every image
+            if user_period:
+                choice |= {"period": params.clock_period, "warmup": 0}
+            else:
+                params = params.model_copy(update={"clock_period": choice["period"] or 2})
+            clock = self._clock(loaded, ctx, params.clockwork, choice)
             # images drawn region by region lose binding under the clock that keeps single
             # objects; the profile may carry a gentler one for them (studio bench layout)
-            rc = self._clock_choice(loaded, params, regional=True)
-            if rc != clock:
-                regional_clock = _Clock(rc["period"] or 2, rc["depth"], rc["warmup"],
-                                        self._adaptor(loaded, ctx, rc.get("adaptor"))
-                                        if params.clockwork == "adaptor" else None)
+            regional = self._clock_choice(loaded, params, regional=True) if layout and not user_period else choice
+            if regional != choice:
+                regional_clock = self._clock(loaded, ctx, params.clockwork, regional)
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
                      steps_per_pass=steps_per_pass, total=steps_per_pass * params.batch_count, seed=seed,
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
-                     preview_path=ctx.work_dir / "preview.png",
-                     adaptor=adaptor, clock_depth=None if params.clockwork == "off" else
-                     adaptor.config["depth"] if adaptor is not None else int(clock.get("depth", 1)),
+                     preview_path=ctx.work_dir / "preview.png", clock=clock,
                      # adapters teach words of their own (a personal subject's name) that a reworded
                      # prompt would drop: with adapters the prompt goes through as typed
                      layout=layout, regional_clock=regional_clock)
@@ -152,7 +148,7 @@ class T2IEngine(Engine):
                 return kw
 
             prompts, region_ctx, layouts = [params.prompt] * params.batch_size, nullcontext(), [None] * len(seeds)
-            clock = _Clock(params.clock_period or 2, plan.clock_depth or 0, 0, plan.adaptor)
+            clock = plan.clock
             if plan.layout:  # the world model: prompt read into objects, one region each (engines.world.compose)
                 from engines.world.compose import prepare
 
@@ -173,7 +169,7 @@ class T2IEngine(Engine):
                 call |= {"height": plan.height, "width": plan.width}
             try:
                 with region_ctx:  # its pre-hook comes first, so Clockwork sees the widened batch
-                    if params.clockwork != "off":
+                    if clock is not None:
                         from engines.t2i.clockwork import Clockwork
 
                         with Clockwork(plan.run_pipe.unet, clock.period, params.clockwork, clock.adaptor,
@@ -196,7 +192,7 @@ class T2IEngine(Engine):
                     "adapters": adapter_info}
                 if layouts[k] is not None:
                     studio_meta["layout"] = layouts[k]
-                if params.clockwork != "off":  # the clock this image ran under (regional images differ)
+                if clock is not None:  # the clock this image ran under (regional images differ)
                     studio_meta["clockwork"] = {"mode": params.clockwork, **clock.describe()}
                 text = a1111_parameters(plan.used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION,
                                         adapter_info)
@@ -208,7 +204,7 @@ class T2IEngine(Engine):
                     **({"layout": layouts[k]} if layouts[k] is not None else {})}))
         return EngineResult(artifacts, {"seed": plan.seed, "images": len(artifacts), "model": loaded.name,
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
-                                        "clockwork_cut_depth": plan.clock_depth,
+                                        "clockwork_cut_depth": plan.clock.depth if plan.clock else None,
                                         "layout": "auto" if plan.layout else "off", "regional_images": regional,
                                         **({"clockwork_regional": plan.regional_clock.describe(),
                                             "clockwork_regional_images": regional_clocked}
@@ -261,6 +257,13 @@ class T2IEngine(Engine):
         return choose_setting(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork,
                               regional=regional)
 
+    @classmethod
+    def _clock(cls, loaded: LoadedPipeline, ctx: EngineContext, mode: str, choice: dict[str, Any]) -> "_Clock":
+        """A profile choice (``choose_setting``) as the job runs it; an adaptor's own depth wins."""
+        adaptor = cls._adaptor(loaded, ctx, choice.get("adaptor")) if mode == "adaptor" else None
+        return _Clock(choice["period"] or 2, int(adaptor.config["depth"]) if adaptor is not None
+                      else int(choice["depth"]), int(choice["warmup"]), adaptor)
+
     @staticmethod
     def _adaptor(loaded: LoadedPipeline, ctx: EngineContext, name: str | None = None) -> Any:
         """The model's Clockwork adaptor, or the named one beside it (the profile's choice for
@@ -296,8 +299,7 @@ class _Clock:
     adaptor: Any  # the adaptor module (its own depth wins), or None for reuse
 
     def describe(self) -> dict[str, Any]:
-        return {"period": self.period, "depth": int(self.adaptor.config["depth"]) if self.adaptor is not None
-                else self.depth, "warmup": self.warmup}
+        return {"period": self.period, "depth": self.depth, "warmup": self.warmup}
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,6 @@ class _Plan:
     seed: int
     used: dict[str, Any]  # params as used (seed, size, guidance resolved): provenance
     preview_path: Path
-    adaptor: Any  # the Clockwork adaptor module, or None
-    clock_depth: int | None = None  # Clockwork: resolution levels run every step (None: Clockwork off)
+    clock: _Clock | None = None  # the Clockwork setting (None: Clockwork off)
     layout: bool = False  # read the prompt into objects and draw them region by region (world models)
     regional_clock: _Clock | None = None  # the Clockwork setting for images drawn region by region
