@@ -2,7 +2,7 @@
 compositional WorldEval quality and time per image, in one run.
 
     studio bench layout --json [--steps 20] [--n-per-prompt 2] [--seed 0]
-        [--prompt-file tests/data/world_prompts_heldout2.json] [--clockwork off adaptor]
+        [--prompt-file tests/data/world_prompts_heldout2.json ...] [--clockwork off adaptor]
         [--candidates adaptor:p3:d0:w4:clockwork_adaptor_d0.safetensors reuse:p3:d1 ...]
 
 For each Clockwork mode (``off``, ``reuse``, ``adaptor``; period, cut and adaptor file from the
@@ -13,9 +13,10 @@ prompts and noise in every mode, and times one single-object and one two-object 
 ``--candidates`` adds settings spelled out (mode, then any of period ``pN``, cut depth ``dN``,
 full warm-up steps ``wN``, adaptor file beside the model), e.g. to find a gentler clock for
 images drawn region by region. ``--write-profile`` (needs ``off``) stores, per mode, the fastest
-setting whose binding and relation accuracy each stay within ``--tolerance`` of layout without
-Clockwork, as the profile entry's ``layout`` sub-setting that t2i jobs use for regional images
-(period 1, i.e. in full, when none does); ``--choose-from JSON`` makes that choice again from
+setting whose binding, relation and single-object accuracy each stay within ``--tolerance`` of
+layout without Clockwork, as the profile entry's ``layout`` sub-setting — the quality-holding
+setting that t2i jobs use for regional images under an explicit mode and for every image under
+``clockwork=auto`` (period 1, i.e. in full, when none does); ``--choose-from JSON`` makes that choice again from
 a saved run without measuring.
 Quality figures come with 95 % bootstrap intervals over prompts. Prints one JSON object.
 """
@@ -28,16 +29,6 @@ import time
 from pathlib import Path
 
 from bench import add_threads_arg, apply_threads
-
-
-def _clock(clockwork, load_adaptor, mdir: Path, mode: str, setting: dict):  # noqa: ANN001, ANN202
-    """unet -> a fresh Clockwork context with the profile's setting (what a t2i job would use)."""
-    period = setting["period"] or 2
-    adaptor = load_adaptor(mdir / (setting.get("adaptor") or "clockwork_adaptor.safetensors")) \
-        if mode == "adaptor" else None
-    depth = int(setting.get("depth", 1))
-    warmup = int(setting.get("warmup", 0))
-    return lambda unet: clockwork(unet, period, mode, adaptor, depth=depth, warmup=warmup)
 
 
 def parse_candidate(spec: str) -> tuple[str, dict]:
@@ -63,23 +54,34 @@ def parse_candidate(spec: str) -> tuple[str, dict]:
 
 
 def _regional_scores(r: dict) -> dict[str, float]:
-    """The figures a regional clock must keep: binding and relations on the templates and, when
-    the run scored one, on the prompt file (other wordings, other scenes)."""
-    out = {"binding": r["templates"]["attribute_binding_acc"],
-           "relations": r["templates"]["relative_position_acc"]}
-    pf = r.get("prompt_file") or {}
-    if "pair" in pf:
-        out["file_binding"] = pf["pair"]["attribute_binding_acc"]
-    if "relation" in pf:
-        out["file_relations"] = pf["relation"]["relative_position_acc"]
+    """The figures a quality-holding clock must keep (it runs regional images under an explicit
+    mode and every image under ``clockwork=auto``): binding and relations on the templates,
+    single objects with every attribute right (per-object judge, and the primary judge) and, when
+    the run scored one, the same on the prompt file (other wordings, other scenes)."""
+    t = r["templates"]
+    out = {"binding": t["attribute_binding_acc"], "relations": t["relative_position_acc"]}
+    if "single_objjudge_all_correct" in t:
+        # runs before 2026-12-05 kept the primary judge's reading as all_correct
+        out |= {"single": t["single_objjudge_all_correct"],
+                "single_primary_judge": t.get("all_correct_primary_judge", t["all_correct"])}
+    # one prompt file (runs before 2026-12-05: "prompt_file") or several ("prompt_files", by path)
+    files = [("file", r["prompt_file"])] if r.get("prompt_file") else []
+    files += [(f"file{k + 1}" if k else "file", pf) for k, pf in enumerate((r.get("prompt_files") or {}).values())]
+    for key, pf in files:
+        if "single" in pf:
+            out[f"{key}_single"] = pf["single"]["all_named_correct"]
+        if "pair" in pf:
+            out[f"{key}_binding"] = pf["pair"]["attribute_binding_acc"]
+        if "relation" in pf:
+            out[f"{key}_relations"] = pf["relation"]["relative_position_acc"]
     return out
 
 
 def choose_regional(modes: dict, tolerance: float) -> dict:
     """{label: bench result} -> {mode: layout sub-setting}: per Clockwork mode, the setting with
-    the lowest two-object time whose binding and relation accuracy (templates, and the prompt
-    file when scored) each lie within ``tolerance`` of the ``off`` result (same prompts, same
-    noise); period 1 (no reuse) when none does."""
+    the lowest two-object time whose binding, relation and single-object accuracy (templates,
+    and the prompt file when scored) each lie within ``tolerance`` of the ``off`` result (same
+    prompts, same noise); period 1 (no reuse) when none does."""
     off = _regional_scores(modes["off"])
     out: dict = {}
     for mode in ("reuse", "adaptor"):
@@ -89,8 +91,9 @@ def choose_regional(modes: dict, tolerance: float) -> dict:
         ok = [(r["seconds_per_image_two_objects"], label, r) for label, r in runs
               if all(v >= off[k] - tolerance for k, v in _regional_scores(r).items() if k in off)]
         if not ok:
-            out[mode] = {"period": 1, "depth": 1, "warmup": 0, "why": f"no setting kept binding and relations "
-                                                                     f"within {tolerance} of Clockwork off"}
+            out[mode] = {"period": 1, "depth": 1, "warmup": 0, "why": f"no setting kept binding, relations and "
+                                                                     f"single objects within {tolerance} of "
+                                                                     "Clockwork off"}
             continue
         secs, label, r = min(ok, key=lambda x: x[0])
         out[mode] = {k: r["setting"][k] for k in ("period", "depth", "warmup", "adaptor") if k in r["setting"]} | {
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--n-per-prompt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prompt-file", type=Path, default=Path("tests/data/world_prompts_heldout2.json"))
+    ap.add_argument("--prompt-file", type=Path, nargs="*", default=[Path("tests/data/world_prompts_heldout2.json")],
+                    help="prompt files written elsewhere to score besides the templates (a chosen setting must "
+                         "hold on each)")
     ap.add_argument("--clockwork", nargs="*", choices=("off", "reuse", "adaptor"), default=["off", "adaptor"])
     ap.add_argument("--candidates", nargs="*", default=[], metavar="MODE:pN:dN:wN:FILE",
                     help="Clockwork settings to measure besides the profile's (see the module docstring)")
@@ -144,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                        f"{args.tolerance})")
         print(json.dumps({"steps": saved["steps"], "profile_layout": chosen}))
         return 0
+    missing = [str(p) for p in args.prompt_file if not p.is_file()]
+    if missing:
+        raise SystemExit(f"no such prompt file: {', '.join(missing)}")
     apply_threads(args)
 
     from engines.pipelines import model_hash
     from engines.base import ModelSpec
-    from engines.t2i.clockwork import Clockwork, choose_setting, load_adaptor
+    from engines.t2i.clockwork import choose_setting
     from engines.world import eval as E
     from engines.world.objjudge import load_objjudge
     from engines.world.paths import default_model_dir, judge_dir
@@ -162,26 +170,26 @@ def main(argv: list[str] | None = None) -> int:
         prof = None
     t0 = time.time()
     out: dict = {"steps": args.steps, "n_per_prompt": args.n_per_prompt, "seed": args.seed,
-                 "prompt_file": str(args.prompt_file), "modes": {}}
+                 "prompt_files": [str(p) for p in args.prompt_file], "modes": {}}
     examples = ("a medium red outlined heart in the center on a dark green background",
                 "an orange star and a cyan ring on a dark green background")
     runs = [(mode, mode, choose_setting(prof, "DPM++ 2M", args.steps, mode) if mode != "off" else None)
             for mode in args.clockwork] + [(spec, *parse_candidate(spec)) for spec in args.candidates]
     for label, mode, setting in runs:
-        wrap = _clock(Clockwork, load_adaptor, mdir, mode, setting) if setting is not None else None
+        wrap = E.clock_wrap(mdir, mode, setting) if setting is not None else None
         comp = E.evaluate_compositional(pipe, judge, objjudge, args.n_per_prompt, args.steps, E.DEFAULT_GUIDANCE,
                                         args.seed, paraphrase=False, singles_n=tuple(args.prompts[:2]),
                                         comp_n=tuple(args.prompts[2:]), layout=True, wrap=wrap)
-        keep = {k: comp[k] for k in ("all_correct", "all_correct_ci", "two_object_acc", "two_object_ci",
+        keep = {k: comp[k] for k in ("all_correct", "all_correct_ci", "all_correct_primary_judge",
+                                     "all_correct_primary_judge_ci", "two_object_acc", "two_object_ci",
                                      "attribute_binding_acc", "attribute_binding_ci", "attribute_binding_full_acc",
                                      "relative_position_acc", "relative_position_ci") if k in comp}
         keep["single_objjudge_all_correct"] = comp["single_objjudge"]["all_correct"]
         keep["single_objjudge_all_correct_ci"] = comp["single_objjudge"]["all_correct_ci"]
         res = {"mode": mode, "setting": setting, "templates": keep}
-        if args.prompt_file and args.prompt_file.is_file():
-            res["prompt_file"] = E.evaluate_prompt_file(pipe, objjudge, args.prompt_file, args.n_per_prompt,
-                                                        args.steps, E.DEFAULT_GUIDANCE, args.seed, layout=True,
-                                                        wrap=wrap)
+        res["prompt_files"] = {str(pf): E.evaluate_prompt_file(pipe, objjudge, pf, args.n_per_prompt, args.steps,
+                                                               E.DEFAULT_GUIDANCE, args.seed, layout=True, wrap=wrap)
+                               for pf in args.prompt_file}
         res["seconds_per_image_single"] = E.seconds_per_image(pipe, [examples[0]], args.steps, E.DEFAULT_GUIDANCE,
                                                               args.seed, args.time_images, layout=True, wrap=wrap)
         res["seconds_per_image_two_objects"] = E.seconds_per_image(pipe, [examples[1]], args.steps,

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", choices=("auto", "off"), default="auto",
                     help="the job's layout (auto: a prompt naming several world objects is drawn region by "
                          "region, one more U-Net row per object; the raw call always takes the prompt as typed)")
-    ap.add_argument("--clockwork", choices=("off", "reuse", "adaptor"), default="off",
-                    help="the job's Clockwork mode (period from the model's profile); the raw call runs without")
+    ap.add_argument("--clockwork", choices=("auto", "off", "reuse", "adaptor"), default="auto",
+                    help="the job's Clockwork mode (auto, a job's default: the model profile's quality-holding "
+                         "setting where it has one; period from the profile); the raw call runs without")
     add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                   "guidance_scale": args.guidance, "seed": 1, "preview_every": 0, "layout": args.layout,
                   "clockwork": args.clockwork}
 
+        ran: dict = {}
+
         def studio_job() -> float:
             t0 = time.perf_counter()
             job = services.jobs.submit("t2i", params, enqueue=False)
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             dt = time.perf_counter() - t0
             if status != "completed":
                 raise SystemExit(f"bench job {status}: {services.jobs.get(job.id).error}")
+            ran["meta"] = services.jobs.get(job.id).result_meta
             return dt
 
         studio_job()  # loads the model into the worker cache
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         services.close()
     raw_s, job_s = statistics.median(r), statistics.median(s)
     print(json.dumps({"model": args.model, "prompt": args.prompt, "layout": args.layout, "clockwork": args.clockwork,
-                      "steps": args.steps,
+                      "clockwork_ran": ran["meta"].get("clockwork"), "steps": args.steps,
+                      **({"clockwork_auto_off": ran["meta"]["clockwork_auto_off"]}
+                         if "clockwork_auto_off" in ran["meta"] else {}),
                       "resolution": size, "rounds": args.rounds,
                       "raw_pipeline_s": round(raw_s, 4), "studio_job_s": round(job_s, 4),
                       "overhead_ratio": round(job_s / raw_s, 4), "images_per_s": round(1 / job_s, 3)}))

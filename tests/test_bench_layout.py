@@ -15,13 +15,16 @@ def test_bench_layout_json(capsys, tmp_path) -> None:  # noqa: ANN001
                                         "objects": [{"shape": "ring", "color": "red"},
                                                     {"shape": "star", "color": "blue"}]}]}))
     assert main(["--json", "--threads", "1", "--steps", "8", "--n-per-prompt", "1", "--prompts", "1", "1", "1",
-                 "1", "2", "--prompt-file", str(pf), "--clockwork", "off", "adaptor", "--time-images", "1"]) == 0
+                 "1", "2", "--prompt-file", str(pf), str(pf), "--clockwork", "off", "adaptor", "--time-images", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     off, ada = out["modes"]["off"], out["modes"]["adaptor"]
     assert off["setting"] is None and ada["setting"]["period"] == 4  # the profile's 8-step choice
     for m in (off, ada):
         assert 0 <= m["templates"]["attribute_binding_acc"] <= 1 and "relative_position_ci" in m["templates"]
-        assert m["prompt_file"]["pair"]["n"] == 1 and m["seconds_per_image_two_objects"] > 0
+        assert m["prompt_files"][str(pf)]["pair"]["n"] == 1 and m["seconds_per_image_two_objects"] > 0
+        assert 0 <= m["templates"]["all_correct"] <= 1 and "all_correct_primary_judge" in m["templates"]
+    with pytest.raises(SystemExit, match="no such prompt file"):
+        main(["--json", "--prompt-file", str(tmp_path / "missing.json")])
 
 
 def test_choose_regional_takes_the_fastest_setting_that_keeps_binding() -> None:
@@ -45,6 +48,17 @@ def test_choose_regional_takes_the_fastest_setting_that_keeps_binding() -> None:
         modes[label]["prompt_file"] = {"pair": {"attribute_binding_acc": fb}, "relation": {"relative_position_acc": 0.9}}
     out = choose_regional(modes, 0.05)
     assert out["adaptor"]["candidate"] == "a:p2" and out["adaptor"]["file_binding"] == 0.79
+    # several files (prompt_files): each must hold; so must single objects where measured
+    for label in modes:
+        pf = modes[label].pop("prompt_file")
+        modes[label]["prompt_files"] = {"a.json": pf, "b.json": {"relation": {"relative_position_acc": 0.9}}}
+    modes["a:p2"]["prompt_files"]["b.json"]["relation"]["relative_position_acc"] = 0.8
+    assert choose_regional(modes, 0.05)["adaptor"]["period"] == 1  # p2 lost 0.1 on the second file
+    modes["a:p2"]["prompt_files"]["b.json"]["relation"]["relative_position_acc"] = 0.88
+    assert choose_regional(modes, 0.05)["adaptor"]["file2_relations"] == 0.88
+    for label, single in (("off", 0.95), ("a:p2", 0.89)):
+        modes[label]["templates"] |= {"single_objjudge_all_correct": single, "all_correct": single}
+    assert choose_regional(modes, 0.05)["adaptor"]["period"] == 1  # p2 lost 0.06 on single objects
     assert parse_candidate("adaptor:p3:d0:w4:x.safetensors") == ("adaptor", {
         "period": 3, "depth": 0, "warmup": 4, "adaptor": "x.safetensors"})
     for bad in ("off:p3", "adaptor:q3", "reuse:../x.safetensors", "reuse:p0"):

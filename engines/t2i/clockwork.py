@@ -305,6 +305,18 @@ def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mod
     return out
 
 
+def holding_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str) -> dict[str, Any] | None:
+    """The profile's quality-holding setting for (sampler, steps, mode) — the entry's ``layout``
+    sub-setting, chosen by ``studio bench layout --write-profile`` to keep single-object,
+    binding and relation quality within tolerance of Clockwork off — in ``choose_setting``'s
+    form; None where the profile has none (``clockwork=auto`` then runs without Clockwork)."""
+    table = ((profile or {}).get("choices") or {}).get(sampler) or {}
+    below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
+    if not below or not isinstance((table[str(below[-1])][mode] or {}).get("layout"), dict):
+        return None
+    return choose_setting(profile, sampler, steps, mode, regional=True)
+
+
 def choose_period(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str, default: int = 2) -> int:
     """The measured period for (sampler, steps, mode), else ``default`` (see ``choose_setting``)."""
     p = choose_setting(profile, sampler, steps, mode)["period"]

@@ -102,26 +102,32 @@ class T2IEngine(Engine):
         seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
         clock, regional_clock = None, None
         layout = params.layout == "auto" and not params.adapters and self._speaks_world(loaded)
-        if params.clockwork != "off":
-            choice = self._clock_choice(loaded, params)
-            user_period = params.clock_period is not None  # a period the user set holds for every image
+        mode, auto_off = params.clockwork, None
+        if mode == "auto":
+            mode, auto_off = self._auto_mode(loaded, ctx, params, (width, height) != (native, native))
+        user_period = params.clock_period is not None  # a period the user set holds for every image
+        if mode != "off":
+            # auto runs the profile's quality-holding setting on every image; an explicit mode runs
+            # the faster single-object setting, with the holding one for regional images
+            choice = self._clock_choice(loaded, params, mode, regional=params.clockwork == "auto")
             if user_period:
                 choice |= {"period": params.clock_period, "warmup": 0}
             else:
                 params = params.model_copy(update={"clock_period": choice["period"] or 2})
-            clock = self._clock(loaded, ctx, params.clockwork, choice)
+            clock = self._clock(loaded, ctx, mode, choice)
             # images drawn region by region lose binding under the clock that keeps single
             # objects; the profile may carry a gentler one for them (studio bench layout)
-            regional = self._clock_choice(loaded, params, regional=True) if layout and not user_period else choice
-            if regional != choice:
-                regional_clock = self._clock(loaded, ctx, params.clockwork, regional)
+            if layout and not user_period and params.clockwork != "auto":
+                regional = self._clock_choice(loaded, params, mode, regional=True)
+                if regional != choice:
+                    regional_clock = self._clock(loaded, ctx, mode, regional)
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
                      steps_per_pass=steps_per_pass, total=steps_per_pass * params.batch_count, seed=seed,
                      used=params.model_dump(mode="json") | {"seed": seed, "width": width, "height": height},
                      preview_path=ctx.work_dir / "preview.png", clock=clock,
                      # adapters teach words of their own (a personal subject's name) that a reworded
                      # prompt would drop: with adapters the prompt goes through as typed
-                     layout=layout, regional_clock=regional_clock)
+                     layout=layout, regional_clock=regional_clock, clock_auto_off=auto_off)
 
     def _loop(self, loaded: LoadedPipeline, plan: "_Plan", ctx: EngineContext, adapter_info: list,
               switch_ms: float) -> EngineResult:
@@ -172,7 +178,7 @@ class T2IEngine(Engine):
                     if clock is not None:
                         from engines.t2i.clockwork import Clockwork
 
-                        with Clockwork(plan.run_pipe.unet, clock.period, params.clockwork, clock.adaptor,
+                        with Clockwork(plan.run_pipe.unet, clock.period, clock.mode, clock.adaptor,
                                        depth=clock.depth, warmup=clock.warmup) as cw:
                             images = plan.run_pipe(**call).images
                         cheap += cw.cheap_steps
@@ -193,7 +199,7 @@ class T2IEngine(Engine):
                 if layouts[k] is not None:
                     studio_meta["layout"] = layouts[k]
                 if clock is not None:  # the clock this image ran under (regional images differ)
-                    studio_meta["clockwork"] = {"mode": params.clockwork, **clock.describe()}
+                    studio_meta["clockwork"] = clock.describe() | ({"auto": True} if params.clockwork == "auto" else {})
                 text = a1111_parameters(plan.used, s, img.width, img.height, loaded.name, loaded.model_hash, VERSION,
                                         adapter_info)
                 path = ctx.work_dir / f"{plan.seed}-{idx:03d}.png"
@@ -205,6 +211,8 @@ class T2IEngine(Engine):
         return EngineResult(artifacts, {"seed": plan.seed, "images": len(artifacts), "model": loaded.name,
                                         "model_hash": loaded.model_hash, "clockwork_cheap_steps": cheap,
                                         "clockwork_cut_depth": plan.clock.depth if plan.clock else None,
+                                        "clockwork": plan.clock.describe() if plan.clock else None,
+                                        **({"clockwork_auto_off": plan.clock_auto_off} if plan.clock_auto_off else {}),
                                         "layout": "auto" if plan.layout else "off", "regional_images": regional,
                                         **({"clockwork_regional": plan.regional_clock.describe(),
                                             "clockwork_regional_images": regional_clocked}
@@ -236,32 +244,76 @@ class T2IEngine(Engine):
         return loaded.extras["world_grammar"]
 
     @staticmethod
-    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, regional: bool = False) -> dict[str, Any]:
+    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, mode: str, regional: bool = False) -> dict[str, Any]:
         """The Clockwork setting the model's profile measured best for this sampler, step count
         and mode — period, cut depth, adaptor file, warm-up (a profile made for other weights is
         ignored); period 2 at depth 1 with the model's default adaptor without one. ``regional``:
         the setting for images drawn region by region, where the profile has one."""
         from engines.t2i.clockwork import choose_setting
 
-        if "clockwork_profile" not in loaded.extras:
-            path = profile_path(loaded.spec)
+        return choose_setting(T2IEngine._profile(loaded), params.scheduler, params.steps, mode, regional=regional)
+
+    @staticmethod
+    def _profile(loaded: LoadedPipeline) -> dict[str, Any] | None:
+        """The model's measured Clockwork profile (None: none, unreadable, or made for other weights).
+        Read again when the file changes, so a profile written by a bench while the model is loaded
+        takes effect with the next job."""
+        path = profile_path(loaded.spec)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = loaded.extras.get("clockwork_profile")
+        if cached is None or cached[0] != stamp:
             prof = None
-            if path.is_file():
+            if stamp is not None:
                 try:
                     prof = json.loads(path.read_text())
                 except (OSError, ValueError):
                     prof = None
             if not isinstance(prof, dict) or prof.get("model_hash") != loaded.model_hash:
                 prof = None
-            loaded.extras["clockwork_profile"] = prof
-        return choose_setting(loaded.extras["clockwork_profile"], params.scheduler, params.steps, params.clockwork,
-                              regional=regional)
+            loaded.extras["clockwork_profile"] = cached = (stamp, prof)
+        return cached[1]
+
+    @classmethod
+    def _auto_mode(cls, loaded: LoadedPipeline, ctx: EngineContext, params: T2IParams,
+                   other_size: bool) -> tuple[str, str | None]:
+        """clockwork=auto: the mode whose measured quality-holding setting this job can use, else
+        ("off", why). Only what a profile measured qualifies: the same weights (no adapters), the
+        native size, txt2img's full schedule, a sampler and step count the profile covers, and a
+        setting chosen to hold single-object and layout quality (``studio bench layout
+        --write-profile``)."""
+        from engines.t2i.clockwork import holding_setting
+
+        if other_size:
+            return "off", "the Clockwork profile was measured at the model's native size"
+        if params.adapters:
+            return "off", "adapters change the weights the Clockwork profile was measured on"
+        if params.init_image:
+            return "off", "img2img runs a partial schedule the Clockwork profile did not measure"
+        prof = cls._profile(loaded)
+        if prof is None:
+            return "off", ("no measured Clockwork profile for these weights (studio bench clockwork / "
+                           "studio bench layout --write-profile)")
+        for mode in ("adaptor", "reuse"):  # the adaptor keeps more quality per skipped step
+            s = holding_setting(prof, params.scheduler, params.steps, mode)
+            if s is None or (s["period"] or 1) < 2:
+                continue
+            if mode == "adaptor":
+                try:
+                    cls._adaptor(loaded, ctx, s.get("adaptor"))
+                except EngineError:
+                    continue
+            return mode, None
+        return "off", (f"the Clockwork profile has no quality-holding setting for {params.scheduler} "
+                       f"at {params.steps} steps")
 
     @classmethod
     def _clock(cls, loaded: LoadedPipeline, ctx: EngineContext, mode: str, choice: dict[str, Any]) -> "_Clock":
         """A profile choice (``choose_setting``) as the job runs it; an adaptor's own depth wins."""
         adaptor = cls._adaptor(loaded, ctx, choice.get("adaptor")) if mode == "adaptor" else None
-        return _Clock(choice["period"] or 2, int(adaptor.config["depth"]) if adaptor is not None
+        return _Clock(mode, choice["period"] or 2, int(adaptor.config["depth"]) if adaptor is not None
                       else int(choice["depth"]), int(choice["warmup"]), adaptor)
 
     @staticmethod
@@ -293,13 +345,14 @@ class T2IEngine(Engine):
 class _Clock:
     """One Clockwork setting as a job runs it."""
 
+    mode: str  # "reuse" or "adaptor" (auto resolved)
     period: int
     depth: int
     warmup: int
     adaptor: Any  # the adaptor module (its own depth wins), or None for reuse
 
     def describe(self) -> dict[str, Any]:
-        return {"period": self.period, "depth": self.depth, "warmup": self.warmup}
+        return {"mode": self.mode, "period": self.period, "depth": self.depth, "warmup": self.warmup}
 
 
 @dataclass(frozen=True)
@@ -319,3 +372,4 @@ class _Plan:
     clock: _Clock | None = None  # the Clockwork setting (None: Clockwork off)
     layout: bool = False  # read the prompt into objects and draw them region by region (world models)
     regional_clock: _Clock | None = None  # the Clockwork setting for images drawn region by region
+    clock_auto_off: str | None = None  # why clockwork=auto resolved to off

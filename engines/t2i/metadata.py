@@ -23,7 +23,7 @@ def a1111_parameters(p: dict[str, Any], seed: int, width: int, height: int, mode
     if adapters:
         pairs.append(("Adapters", ", ".join(f"{a['name']}:{a['weight']:g}" for a in adapters)))
         pairs.append(("Adapter mode", p.get("adapter_mode", "fused")))
-    if p.get("clockwork", "off") != "off":
+    if p.get("clockwork", "off") != "off" and p.get("clock_period"):
         pairs.append(("Clockwork", f"{p['clockwork']}/{p['clock_period']}"))
     pairs.append(("Version", version))
     text = p["prompt"]

@@ -36,9 +36,12 @@ class T2IParams(Params):
     batch_size: int = Field(1, ge=1, le=16, description="images per pass")
     batch_count: int = Field(1, ge=1, le=32, description="passes (batch_size × batch_count images)")
     scheduler: Scheduler = Field("DPM++ 2M", description="sampler")
-    clockwork: Literal["off", "reuse", "adaptor"] = Field(
-        "off", description="Clockwork: reuse = training-free reuse of low-res U-Net features on non-clock steps; "
-                           "adaptor = learned adaptor (needs one trained for this model)")
+    clockwork: Literal["auto", "off", "reuse", "adaptor"] = Field(
+        "auto", description="Clockwork (reuse of low-res U-Net features on non-clock steps): auto = the setting "
+                            "this model's measured profile found to keep quality (single objects, colour binding "
+                            "and relations; `studio bench layout --write-profile`), else off — never with adapters "
+                            "or img2img; reuse = training-free; adaptor = learned adaptor (needs one trained for "
+                            "this model; faster, at the profile's ≤ 2-point setting); off = every step in full")
     clock_period: int | None = Field(None, ge=2, le=16,
                                      description="Clockwork: a full U-Net pass every N steps; empty = the period "
                                                  "measured best for this model, sampler and step count "
@@ -72,7 +75,7 @@ class T2IParams(Params):
             v = getattr(self, name)
             if v is not None and v % 8:
                 raise ValueError(f"{name} must be a multiple of 8 (got {v})")
-        if self.adapter_mode == "composite" and self.clockwork != "off" and len(self.adapters) > 1:
+        if self.adapter_mode == "composite" and self.clockwork in ("reuse", "adaptor") and len(self.adapters) > 1:
             raise ValueError("Clockwork cannot run with a composite adapter mix (its feature cache is per pass): "
                              "choose clockwork off or adapter_mode fused")
         if self.init_image is None and self.strength != 0.75:

@@ -141,6 +141,7 @@ def test_regional_images_take_the_profiles_gentler_clock(world_ctx, tmp_path) ->
     gives images drawn region by region their own (warm-up, period), and each image records
     the clock it ran under."""
     import json
+    import os
     import shutil
 
     from engines.pipelines import load_pipeline
@@ -159,12 +160,43 @@ def test_regional_images_take_the_profiles_gentler_clock(world_ctx, tmp_path) ->
     two = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring", clockwork="adaptor")
     # full at calls 0-4 (warm-up), then every 3rd: 5, 8, 11, 14, 17
     assert two.meta["clockwork_cheap_steps"] == 10 and two.meta["clockwork_regional_images"] == 1
-    assert two.meta["clockwork_regional"] == {"period": 3, "depth": 0, "warmup": 5}
+    assert two.meta["clockwork_regional"] == {"mode": "adaptor", "period": 3, "depth": 0, "warmup": 5}
     assert read_png_metadata(two.artifacts[0].path)["studio"]["clockwork"] == {
         "mode": "adaptor", "period": 3, "depth": 0, "warmup": 5}
     fixed = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring", clockwork="adaptor",
                  clock_period=4)
     assert fixed.meta["clockwork_cheap_steps"] == 15 and "clockwork_regional" not in fixed.meta  # the user's period
+    # auto (the default): the quality-holding setting on every image, single objects included
+    auto = _run(world_ctx, model=str(model), prompt="a red star")
+    assert auto.meta["clockwork"] == {"mode": "adaptor", "period": 3, "depth": 0, "warmup": 5}
+    assert auto.meta["clockwork_cheap_steps"] == 10 and "clockwork_regional" not in auto.meta
+    assert read_png_metadata(auto.artifacts[0].path)["studio"]["clockwork"]["auto"] is True
+    assert "Clockwork: auto/3" in read_png_metadata(auto.artifacts[0].path)["parameters"]
+    # ... and only where the profile measured one: fewer steps than any measured count, or a
+    # profile whose quality-holding setting is "in full", run without Clockwork and say why
+    short = _run(world_ctx, model=str(model), prompt="a red star", steps=8)
+    assert short.meta["clockwork"] is None and short.meta["clockwork_cheap_steps"] == 0
+    assert "DPM++ 2M at 8 steps" in short.meta["clockwork_auto_off"]
+    prof["choices"]["DPM++ 2M"]["20"]["adaptor"]["layout"] = {"period": 1, "depth": 1, "warmup": 0}
+    (model / "clockwork_profile.json").write_text(json.dumps(prof))  # read again by the loaded model
+    os.utime(model / "clockwork_profile.json", ns=(1, 1))  # (a new mtime even on a coarse clock)
+    full = _run(world_ctx, model=str(model), prompt="a red star")
+    assert full.meta["clockwork_cheap_steps"] == 0 and "no quality-holding setting" in full.meta["clockwork_auto_off"]
+    big = _run(world_ctx, model=str(model), prompt="a red star", steps=2, width=128, height=128)
+    assert big.meta["clockwork"] is None and "native size" in big.meta["clockwork_auto_off"]
+    off = _run(world_ctx, model=str(model), prompt="a red star", clockwork="off")
+    assert off.meta["clockwork"] is None and "clockwork_auto_off" not in off.meta
+
+
+def test_auto_clockwork_needs_a_measured_profile(tmp_path, world_ctx) -> None:  # noqa: ANN001
+    import shutil
+
+    model = tmp_path / "sd"
+    shutil.copytree(default_model_dir(), model)
+    (model / "clockwork_profile.json").unlink()
+    res = _run(world_ctx, model=str(model), prompt="a red star", steps=4)
+    assert res.meta["clockwork"] is None and res.meta["clockwork_cheap_steps"] == 0
+    assert "no measured Clockwork profile" in res.meta["clockwork_auto_off"]
 
 
 def test_models_without_a_grammar_ignore_layout(tiny_model, world_ctx) -> None:  # noqa: ANN001

@@ -288,6 +288,26 @@ def test_choose_setting_regional_takes_the_layout_sub_setting() -> None:
         "period": None, "depth": 1, "adaptor": None, "warmup": 0}
 
 
+def test_holding_setting_exists_only_where_a_layout_sub_setting_was_measured() -> None:
+    from engines.t2i.clockwork import holding_setting
+
+    prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 4, "adaptor": "s8.safetensors"}},
+                                     "20": {"adaptor": {"period": 5, "depth": 0, "adaptor": "d0.safetensors",
+                                                        "layout": {"period": 3, "depth": 0,
+                                                                   "adaptor": "d0.safetensors"}},
+                                            "reuse": {"period": 4, "layout": {"period": 1}}}}}}
+    assert holding_setting(prof, "DPM++ 2M", 20, "adaptor") == {"period": 3, "depth": 0, "adaptor": "d0.safetensors",
+                                                                "warmup": 0}
+    assert holding_setting(prof, "DPM++ 2M", 30, "adaptor")["period"] == 3  # more steps borrow from 20
+    assert holding_setting(prof, "DPM++ 2M", 12, "adaptor") is None  # 8's entry has no holding setting
+    assert holding_setting(prof, "DPM++ 2M", 4, "adaptor") is None  # nothing measured at ≤ 4 steps
+    assert holding_setting(prof, "DPM++ 2M", 20, "reuse")["period"] == 1  # "in full": auto runs without
+    assert holding_setting(prof, "Euler", 20, "adaptor") is None and holding_setting(None, "DPM++ 2M", 20, "reuse") is None
+    hostile = {"choices": {"DPM++ 2M": {"20": {"adaptor": {"layout": {"period": "3; rm", "adaptor": "../x.safetensors"}}}}}}
+    assert holding_setting(hostile, "DPM++ 2M", 20, "adaptor") == {"period": None, "depth": 1, "adaptor": None,
+                                                                   "warmup": 0}
+
+
 def test_clock_warmup_runs_the_first_steps_in_full() -> None:
     from diffusers import UNet2DConditionModel
 

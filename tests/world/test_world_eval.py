@@ -30,6 +30,27 @@ def test_score_counts_mistakes() -> None:
     assert E._score(preds, labels, [True, False, False, False])["color_acc"] == 1.0
 
 
+def test_headline_all_correct_is_the_per_object_judges_and_keeps_the_primary() -> None:
+    res = {"all_correct": 0.25, "unseen": {"all_correct": 0.0}, "seen": {"all_correct": 0.5}}
+    E._headline_all_correct(res, [True, True, False, True], [False, False, True, True])
+    assert res == {"all_correct": 0.75, "all_correct_primary_judge": 0.25,
+                   "unseen": {"all_correct": 0.5, "all_correct_primary_judge": 0.0},
+                   "seen": {"all_correct": 1.0, "all_correct_primary_judge": 0.5}}
+
+
+def test_judge_audit_compares_a_person_with_both_judges() -> None:
+    from bench.judge_audit import compare
+
+    rows = [{"i": i, "primary_ok": p, "objjudge_ok": o} for i, (p, o) in
+            enumerate([(True, True), (False, True), (False, False), (True, True)])]
+    r = compare(rows, {"wrong": {"2": "x", "3": "y"}, "borderline": {"1": "z"}})
+    assert (r["person_all_correct_strict"], r["person_all_correct_lenient"]) == (0.25, 0.5)
+    assert r["objjudge_all_correct"] == 0.75 and r["primary_all_correct"] == 0.5
+    # image 1 (borderline) is left out of agreement; 0 agrees for both; 2 both agree; 3 both pass a wrong one
+    assert r["objjudge_agrees_with_person"] == round(2 / 3, 4) and r["primary_passes_person_calls_wrong"] == [3]
+    assert r["primary_fails_person_calls_right"] == [] and r["objjudge_passes_person_calls_wrong"] == [3]
+
+
 def test_evaluate_pipeline_end_to_end() -> None:
     from engines.world.models import load_judge
     from engines.world.paths import judge_dir
