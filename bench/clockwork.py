@@ -79,7 +79,7 @@ def applied(pipe: Any, s: Setting, adaptors: dict[str, Any]) -> Iterator[None]:
     if s.method == "base":
         yield
     elif s.method == "clockwork":
-        from engines.t2i.clockwork import Clockwork
+        from engines.pipelines.clockwork import Clockwork
 
         with Clockwork(pipe.unet, s.period, s.mode, adaptors.get(s.adaptor), depth=s.depth):
             yield
@@ -261,7 +261,7 @@ def compare(pipe: Any, judge: Any, ss: list[Setting], steps: int, args: argparse
 def sd15_unet_loop(steps: int, period: int, rounds: int) -> dict[str, float]:
     from diffusers import UNet2DConditionModel
 
-    from engines.t2i.clockwork import Clockwork
+    from engines.pipelines.clockwork import Clockwork
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET).eval()
@@ -325,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from engines.base import ModelSpec
     from engines.pipelines import load_pipeline, make_scheduler
-    from engines.t2i.clockwork import load_adaptor
+    from engines.pipelines.clockwork import load_adaptor
     from engines.t2i.engine import adaptor_path, profile_path
     from engines.world import models as wm
     from engines.world.paths import judge_dir

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engines.pipelines import model_hash
     from engines.base import ModelSpec
-    from engines.t2i.clockwork import choose_setting
+    from engines.pipelines.clockwork import choose_setting
     from engines.world import eval as E
     from engines.world.objjudge import load_objjudge
     from engines.world.paths import default_model_dir, judge_dir
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if prof.get("model_hash") != model_hash(ModelSpec(ref="embedded", kind="diffusers", path=mdir)):
         prof = None
     t0 = time.time()
-    out: dict = {"steps": args.steps, "n_per_prompt": args.n_per_prompt, "seed": args.seed,
+    out: dict = {"command": "studio bench layout " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "steps": args.steps, "n_per_prompt": args.n_per_prompt, "seed": args.seed,
                  "prompt_files": [str(p) for p in args.prompt_file], "modes": {}}
     examples = ("a medium red outlined heart in the center on a dark green background",
                 "an orange star and a cyan ring on a dark green background")
@@ -201,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         if "off" not in out["modes"] or prof is None:
             raise SystemExit("--write-profile needs --clockwork off and a profile measured for these weights")
         chosen = choose_regional(out["modes"], args.tolerance)
-        out["command"] = "studio bench layout " + " ".join(argv or sys.argv[1:])
         write_regional(mdir, args.steps, chosen, out["command"])
         out["profile_layout"] = chosen
     print(json.dumps(out))

@@ -40,7 +40,7 @@ def collect(pipe: Any, captions: list[str], steps: int, guidance: float, seed: i
     ``Tail``): the last up block's skips [S, B, C_k, H, W] as skip0, skip1, …, its time
     embedding emb [S, B, t_dim], and the teacher's ε [S, B, C, H, W]; B is the CFG batch,
     unconditional rows first, and ``guidance`` is kept beside them."""
-    from engines.t2i.clockwork import first_tensor, r_in_block, r_out_block
+    from engines.pipelines.clockwork import first_tensor, r_in_block, r_out_block
 
     unet = pipe.unet
     rec: dict[str, list[torch.Tensor]] = {"r_in": [], "r_out": [], "temb": [], "text": []}
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="default: next to the model (picked up by t2i)")
     args = ap.parse_args(argv)
     from engines.base import ModelSpec
-    from engines.t2i.clockwork import adaptor_for, save_adaptor
+    from engines.pipelines.clockwork import adaptor_for, save_adaptor
     from engines.pipelines import load_pipeline, make_scheduler
     from engines.t2i.engine import adaptor_path
 

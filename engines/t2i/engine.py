@@ -176,7 +176,7 @@ class T2IEngine(Engine):
             try:
                 with region_ctx:  # its pre-hook comes first, so Clockwork sees the widened batch
                     if clock is not None:
-                        from engines.t2i.clockwork import Clockwork
+                        from engines.pipelines.clockwork import Clockwork
 
                         with Clockwork(plan.run_pipe.unet, clock.period, clock.mode, clock.adaptor,
                                        depth=clock.depth, warmup=clock.warmup) as cw:
@@ -249,7 +249,7 @@ class T2IEngine(Engine):
         and mode — period, cut depth, adaptor file, warm-up (a profile made for other weights is
         ignored); period 2 at depth 1 with the model's default adaptor without one. ``regional``:
         the setting for images drawn region by region, where the profile has one."""
-        from engines.t2i.clockwork import choose_setting
+        from engines.pipelines.clockwork import choose_setting
 
         return choose_setting(T2IEngine._profile(loaded), params.scheduler, params.steps, mode, regional=regional)
 
@@ -284,7 +284,7 @@ class T2IEngine(Engine):
         native size, txt2img's full schedule, a sampler and step count the profile covers, and a
         setting chosen to hold single-object and layout quality (``studio bench layout
         --write-profile``)."""
-        from engines.t2i.clockwork import holding_setting
+        from engines.pipelines.clockwork import holding_setting
 
         if other_size:
             return "off", "the Clockwork profile was measured at the model's native size"
@@ -320,7 +320,7 @@ class T2IEngine(Engine):
     def _adaptor(loaded: LoadedPipeline, ctx: EngineContext, name: str | None = None) -> Any:
         """The model's Clockwork adaptor, or the named one beside it (the profile's choice for
         this step count); a named file that is missing falls back to the default adaptor."""
-        from engines.t2i.clockwork import load_adaptor
+        from engines.pipelines.clockwork import load_adaptor
 
         cache = loaded.extras.setdefault("clockwork", {})
         path = adaptor_path(loaded.spec)

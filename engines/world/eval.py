@@ -560,7 +560,7 @@ def recon_gate(vae, n: int = 1000, seed: int = 4242, judge_path: Path | None = N
 def clock_wrap(mdir: Path, mode: str, setting: dict):  # noqa: ANN201
     """unet -> a fresh Clockwork context for one profile setting (``choose_setting``'s form), as a
     t2i job runs it; the ``wrap`` of ``_images``."""
-    from engines.t2i.clockwork import Clockwork, load_adaptor
+    from engines.pipelines.clockwork import Clockwork, load_adaptor
 
     period = setting["period"] or 2
     adaptor = load_adaptor(mdir / (setting.get("adaptor") or "clockwork_adaptor.safetensors")) \
@@ -574,7 +574,7 @@ def auto_clock(mdir: Path, steps: int, sampler: str = "DPM++ 2M") -> tuple[str, 
     (mode, setting) from the model's measured profile, or ("off", None)."""
     from engines.base import ModelSpec
     from engines.pipelines import model_hash
-    from engines.t2i.clockwork import holding_setting
+    from engines.pipelines.clockwork import holding_setting
 
     try:
         prof = json.loads((mdir / "clockwork_profile.json").read_text())

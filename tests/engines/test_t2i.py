@@ -171,7 +171,7 @@ def test_clockwork_adaptor_distils_and_is_used(tiny, cache, tmp_path) -> None:  
     import shutil
 
     from engines.t2i import clockwork_train as ct
-    from engines.t2i.clockwork import adaptor_for, save_adaptor
+    from engines.pipelines.clockwork import adaptor_for, save_adaptor
     from engines.pipelines import load_pipeline
     from engines.t2i.engine import adaptor_path
 
@@ -186,7 +186,7 @@ def test_clockwork_adaptor_distils_and_is_used(tiny, cache, tmp_path) -> None:  
     assert sum(losses[-10:]) / 10 < ct.identity_loss(traj)  # beats plain reuse on its training data
     save_adaptor(ad, adaptor_path(loaded.spec), {"iters": 60})
     reuse = T2IEngine().run(params(model, steps=6, clockwork="reuse"), make_ctx(tmp_path / "r", {}))
-    from engines.t2i.clockwork import ClockworkAdaptor
+    from engines.pipelines.clockwork import ClockworkAdaptor
 
     used = []  # the adaptor the engine loads predicts r_out on each cheap step, and only then
     hook = torch.nn.modules.module.register_module_forward_hook(
@@ -237,7 +237,7 @@ def test_sdxl_folder_picks_the_xl_pipeline_and_clockwork_works(tmp_path) -> None
 
 
 def test_choose_period_follows_the_measured_profile() -> None:
-    from engines.t2i.clockwork import choose_period
+    from engines.pipelines.clockwork import choose_period
 
     prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 3}}, "20": {"adaptor": {"period": 4},
                                                                           "reuse": {"period": 2}}}}}
@@ -253,7 +253,7 @@ def test_choose_period_follows_the_measured_profile() -> None:
 
 
 def test_choose_setting_reads_depth_and_adaptor_file_and_refuses_paths() -> None:
-    from engines.t2i.clockwork import choose_setting
+    from engines.pipelines.clockwork import choose_setting
 
     prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 3, "adaptor": "cw_s8.safetensors"},
                                            "reuse": {"period": 2, "depth": 0}},
@@ -270,7 +270,7 @@ def test_choose_setting_reads_depth_and_adaptor_file_and_refuses_paths() -> None
 
 
 def test_choose_setting_regional_takes_the_layout_sub_setting() -> None:
-    from engines.t2i.clockwork import choose_setting
+    from engines.pipelines.clockwork import choose_setting
 
     prof = {"choices": {"DPM++ 2M": {"20": {"adaptor": {"period": 5, "depth": 0, "adaptor": "d0.safetensors",
                                                         "layout": {"period": 3, "depth": 0, "warmup": 4,
@@ -289,7 +289,7 @@ def test_choose_setting_regional_takes_the_layout_sub_setting() -> None:
 
 
 def test_holding_setting_exists_only_where_a_layout_sub_setting_was_measured() -> None:
-    from engines.t2i.clockwork import holding_setting
+    from engines.pipelines.clockwork import holding_setting
 
     prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 4, "adaptor": "s8.safetensors"}},
                                      "20": {"adaptor": {"period": 5, "depth": 0, "adaptor": "d0.safetensors",
@@ -311,7 +311,7 @@ def test_holding_setting_exists_only_where_a_layout_sub_setting_was_measured() -
 def test_clock_warmup_runs_the_first_steps_in_full() -> None:
     from diffusers import UNet2DConditionModel
 
-    from engines.t2i.clockwork import Clockwork
+    from engines.pipelines.clockwork import Clockwork
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -360,7 +360,7 @@ def test_profile_picks_the_cut_and_the_adaptor_file_per_step_count(tiny, tmp_pat
     import shutil
 
     from engines.pipelines import load_pipeline
-    from engines.t2i.clockwork import ClockworkAdaptor, adaptor_for, save_adaptor
+    from engines.pipelines.clockwork import ClockworkAdaptor, adaptor_for, save_adaptor
     from engines.t2i.engine import adaptor_path, profile_path
 
     model = tmp_path / "model"
@@ -391,7 +391,7 @@ def test_profile_picks_the_cut_and_the_adaptor_file_per_step_count(tiny, tmp_pat
 
 def test_deeper_cut_skips_only_the_deeper_blocks(tiny, cache) -> None:  # noqa: ANN001
     from engines.pipelines import load_pipeline
-    from engines.t2i.clockwork import Clockwork
+    from engines.pipelines.clockwork import Clockwork
 
     unet = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32").pipe.unet
     assert len(unet.down_blocks) == 3
@@ -414,7 +414,7 @@ def test_deeper_cut_skips_only_the_deeper_blocks(tiny, cache) -> None:  # noqa: 
 def test_chain_training_unrolls_the_adaptor(tiny) -> None:  # noqa: ANN001
     from engines.pipelines import load_pipeline
     from engines.t2i import clockwork_train as ct
-    from engines.t2i.clockwork import adaptor_for
+    from engines.pipelines.clockwork import adaptor_for
 
     loaded = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32")
     traj = ct.collect(loaded.pipe, ["a red star", "a blue ring"], steps=6, guidance=4.0, batch=2)
@@ -435,7 +435,7 @@ def test_depth_zero_cut_recomputes_only_the_top_layer_and_matches_deepcache_bran
     from DeepCache import DeepCacheSDHelper
 
     from engines.pipelines import load_pipeline
-    from engines.t2i.clockwork import Clockwork, adaptor_for
+    from engines.pipelines.clockwork import Clockwork, adaptor_for
 
     pipe = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32").pipe
     pipe.set_progress_bar_config(disable=True)
@@ -488,7 +488,7 @@ def test_depth_zero_adaptor_on_a_last_block_with_attention(tmp_path) -> None:  #
     last resnet (an attention, whose output is a tuple) and the adaptor must keep that form."""
     from diffusers import UNet2DConditionModel
 
-    from engines.t2i.clockwork import Clockwork, adaptor_for, load_adaptor, r_out_block, save_adaptor
+    from engines.pipelines.clockwork import Clockwork, adaptor_for, load_adaptor, r_out_block, save_adaptor
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -520,7 +520,7 @@ def test_eps_loss_runs_the_layers_after_the_cut_exactly(tiny, depth) -> None:  #
     teacher's own ε; training with it must then lower the guided ε error below plain reuse."""
     from engines.pipelines import load_pipeline
     from engines.t2i import clockwork_train as ct
-    from engines.t2i.clockwork import adaptor_for
+    from engines.pipelines.clockwork import adaptor_for
 
     pipe = load_pipeline(ModelSpec("m", "diffusers", tiny), "cpu", "float32").pipe
     pipe.set_progress_bar_config(disable=True)
