@@ -32,8 +32,8 @@ def generate(out: Path, clockwork: str) -> list[dict]:
     mdir = default_model_dir()
     pipe = E.load_pipeline(mdir)
     pipe.set_progress_bar_config(disable=True)
-    mode, setting = E.auto_clock(mdir, 20) if clockwork == "auto" else ("off", None)
-    wrap = E.clock_wrap(mdir, mode, setting) if setting is not None else None
+    mode, setting, regional = E.auto_clock(mdir, 20) if clockwork == "auto" else ("off", None, None)
+    wrap = E.clock_wrap(mdir, mode, setting, regional) if setting is not None else None
     singles = [(g.canonical_caption(sc), sc.labels()) for sc, _ in E.single_scenes(32, 16)]
     texts = [p for p, _ in singles for _ in range(2)]
     labels = [lab for _, lab in singles for _ in range(2)]

@@ -8,16 +8,17 @@ compositional WorldEval quality and time per image, in one run.
 For each Clockwork mode (``off``, ``reuse``, ``adaptor``; period, cut and adaptor file from the
 embedded model's profile for this step count, as a t2i job with an empty period gets them) the
 embedded model runs the compositional WorldEval with ``layout`` on (templates only: pair,
-pair_full, relation and single objects read by both judges) and the prompt file, on the same
+pair_full, relation and single objects read by both judges) and each prompt file, on the same
 prompts and noise in every mode, and times one single-object and one two-object image at batch 1.
 ``--candidates`` adds settings spelled out (mode, then any of period ``pN``, cut depth ``dN``,
-full warm-up steps ``wN``, adaptor file beside the model), e.g. to find a gentler clock for
-images drawn region by region. ``--write-profile`` (needs ``off``) stores, per mode, the fastest
-setting whose binding, relation and single-object accuracy each stay within ``--tolerance`` of
-layout without Clockwork, as the profile entry's ``layout`` sub-setting — the quality-holding
-setting that t2i jobs use for regional images under an explicit mode and for every image under
-``clockwork=auto`` (period 1, i.e. in full, when none does); ``--choose-from JSON`` makes that choice again from
-a saved run without measuring.
+full warm-up steps ``wN``, adaptor file beside the model), e.g. to find gentler clocks.
+``--write-profile`` (needs ``off``) stores, per mode, two quality-holding settings in the
+profile entry for this step count: ``layout``, the fastest whose binding and relation accuracy
+each stay within ``--tolerance`` of layout without Clockwork (t2i jobs run it on images drawn
+region by region), and ``holding``, the fastest whose single objects with every attribute right
+(both judges) do (``clockwork=auto`` runs it on images of one object); both on the templates and
+on every prompt file, period 1 (in full) where none holds (``choose_holding``).
+``--choose-from JSON`` makes that choice again from a saved run without measuring.
 Quality figures come with 95 % bootstrap intervals over prompts. Prints one JSON object.
 """
 from __future__ import annotations
@@ -53,11 +54,10 @@ def parse_candidate(spec: str) -> tuple[str, dict]:
     return mode, setting
 
 
-def _regional_scores(r: dict) -> dict[str, float]:
-    """The figures a quality-holding clock must keep (it runs regional images under an explicit
-    mode and every image under ``clockwork=auto``): binding and relations on the templates,
-    single objects with every attribute right (per-object judge, and the primary judge) and, when
-    the run scored one, the same on the prompt file (other wordings, other scenes)."""
+def _scores(r: dict) -> dict[str, float]:
+    """The figures a quality-holding clock must keep: binding and relations on the templates,
+    single objects with every attribute right (per-object judge, and the primary judge) and the
+    same on each prompt file scored (other wordings, other scenes)."""
     t = r["templates"]
     out = {"binding": t["attribute_binding_acc"], "relations": t["relative_position_acc"]}
     if "single_objjudge_all_correct" in t:
@@ -77,39 +77,55 @@ def _regional_scores(r: dict) -> dict[str, float]:
     return out
 
 
-def choose_regional(modes: dict, tolerance: float) -> dict:
-    """{label: bench result} -> {mode: layout sub-setting}: per Clockwork mode, the setting with
-    the lowest two-object time whose binding, relation and single-object accuracy (templates,
-    and the prompt file when scored) each lie within ``tolerance`` of the ``off`` result (same
-    prompts, same noise); period 1 (no reuse) when none does."""
-    off = _regional_scores(modes["off"])
+# which figures each kind of image must keep, and which time it is chosen on
+_KINDS = {"layout": (("binding", "relations"), "seconds_per_image_two_objects", "images drawn region by region",
+                     "binding and relations"),
+          "holding": (("single",), "seconds_per_image_single", "images of one object",
+                      "single objects with every attribute right")}
+
+
+def choose_holding(modes: dict, tolerance: float) -> dict:
+    """{label: bench result} -> {mode: {"layout": setting, "holding": setting}}: per Clockwork
+    mode and kind of image, the fastest setting (two-object time for ``layout``, single-object
+    time for ``holding``) whose figures for that kind — binding and relations, or single objects
+    with every attribute right (both judges) — each lie within ``tolerance`` of the ``off``
+    result on the templates and on every prompt file (same prompts, same noise); period 1 (in
+    full) where none does. A t2i job runs ``layout`` on regional images under an explicit mode
+    and under ``clockwork=auto``, and ``holding`` on single-object images under auto."""
+    off = _scores(modes["off"])
     out: dict = {}
     for mode in ("reuse", "adaptor"):
         runs = [(label, r) for label, r in modes.items() if r.get("mode") == mode]
         if not runs:
             continue
-        ok = [(r["seconds_per_image_two_objects"], label, r) for label, r in runs
-              if all(v >= off[k] - tolerance for k, v in _regional_scores(r).items() if k in off)]
-        if not ok:
-            out[mode] = {"period": 1, "depth": 1, "warmup": 0, "why": f"no setting kept binding, relations and "
-                                                                     f"single objects within {tolerance} of "
-                                                                     "Clockwork off"}
-            continue
-        secs, label, r = min(ok, key=lambda x: x[0])
-        out[mode] = {k: r["setting"][k] for k in ("period", "depth", "warmup", "adaptor") if k in r["setting"]} | {
-            "candidate": label, **_regional_scores(r),
-            "speedup_two_objects": round(modes["off"]["seconds_per_image_two_objects"] / secs, 3)}
+        out[mode] = {}
+        for kind, (words, timed, images, what) in _KINDS.items():
+            def mine(sc: dict[str, float]) -> dict[str, float]:
+                return {k: v for k, v in sc.items() if k in off and any(k == w or k.endswith("_" + w) or
+                                                                        k.startswith(w + "_") for w in words)}
+            ok = [(r[timed], label, r) for label, r in runs
+                  if all(v >= off[k] - tolerance for k, v in mine(_scores(r)).items())]  # noqa: B023
+            if not ok:
+                out[mode][kind] = {"period": 1, "depth": 1, "warmup": 0,
+                                   "why": f"no setting kept {what} within {tolerance} of Clockwork off"}
+                continue
+            secs, label, r = min(ok, key=lambda x: x[0])
+            out[mode][kind] = {k: r["setting"][k] for k in ("period", "depth", "warmup", "adaptor")
+                               if k in r["setting"]} | {"candidate": label, **mine(_scores(r)),
+                                                        "speedup": round(modes["off"][timed] / secs, 3),
+                                                        "for": images}
     return out
 
 
-def write_regional(mdir: Path, steps: int, chosen: dict, command: str) -> None:
-    """Store each mode's regional setting as the ``layout`` sub-setting of the profile entry for
-    ``steps`` (the profile as it is now: another run may have written it meanwhile)."""
+def write_holding(mdir: Path, steps: int, chosen: dict, command: str) -> None:
+    """Store each mode's settings as the ``layout`` and ``holding`` sub-settings of the profile
+    entry for ``steps`` (the profile as it is now: another run may have written it meanwhile)."""
     prof = json.loads((mdir / "clockwork_profile.json").read_text())
     table = prof["choices"].setdefault("DPM++ 2M", {}).setdefault(str(steps), {})
-    for mode, entry in chosen.items():
+    for mode, kinds in chosen.items():
         if mode in table:
-            table[mode]["layout"] = entry | {"measured_by": command}
+            for kind, entry in kinds.items():
+                table[mode][kind] = entry | {"measured_by": command}
     (mdir / "clockwork_profile.json").write_text(json.dumps(prof, indent=1))
 
 
@@ -125,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", nargs="*", default=[], metavar="MODE:pN:dN:wN:FILE",
                     help="Clockwork settings to measure besides the profile's (see the module docstring)")
     ap.add_argument("--write-profile", action="store_true",
-                    help="store each mode's regional setting in the model's clockwork_profile.json")
+                    help="store each mode's quality-holding settings in the model's clockwork_profile.json")
     ap.add_argument("--tolerance", type=float, default=0.05,
-                    help="largest drop in binding or relation accuracy a regional setting may cost")
+                    help="largest drop in any held figure (binding, relations, single objects) a setting may cost")
     ap.add_argument("--prompts", type=int, nargs=5, default=(32, 16, 48, 32, 48),
                     metavar=("SEEN", "UNSEEN", "PAIR", "PAIR_FULL", "RELATION"))
     ap.add_argument("--time-images", type=int, default=3, help="images timed per example prompt and mode")
     add_threads_arg(ap)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--choose-from", type=Path, default=None, metavar="JSON",
-                    help="measure nothing: choose the regional settings from this saved output of a run with "
+                    help="measure nothing: choose the quality-holding settings from this saved output of a run with "
                          "--clockwork off, under the current rule and --tolerance, and write them to the profile")
     args = ap.parse_args(argv)
     if args.choose_from is not None:
@@ -143,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.choose_from.read_text())
         if "off" not in saved.get("modes", {}):
             raise SystemExit(f"{args.choose_from}: no 'off' run to compare with")
-        chosen = choose_regional(saved["modes"], args.tolerance)
-        write_regional(default_model_dir(), int(saved["steps"]), chosen,
+        chosen = choose_holding(saved["modes"], args.tolerance)
+        write_holding(default_model_dir(), int(saved["steps"]), chosen,
                        f"{saved.get('command', 'studio bench layout')} (chosen by --choose-from, tolerance "
                        f"{args.tolerance})")
-        print(json.dumps({"steps": saved["steps"], "profile_layout": chosen}))
+        print(json.dumps({"steps": saved["steps"], "profile_settings": chosen}))
         return 0
     missing = [str(p) for p in args.prompt_file if not p.is_file()]
     if missing:
@@ -201,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_profile:
         if "off" not in out["modes"] or prof is None:
             raise SystemExit("--write-profile needs --clockwork off and a profile measured for these weights")
-        chosen = choose_regional(out["modes"], args.tolerance)
-        write_regional(mdir, args.steps, chosen, out["command"])
-        out["profile_layout"] = chosen
+        chosen = choose_holding(out["modes"], args.tolerance)
+        write_holding(mdir, args.steps, chosen, out["command"])
+        out["profile_settings"] = chosen
     print(json.dumps(out))
     return 0
 

@@ -27,38 +27,49 @@ def test_bench_layout_json(capsys, tmp_path) -> None:  # noqa: ANN001
         main(["--json", "--prompt-file", str(tmp_path / "missing.json")])
 
 
-def test_choose_regional_takes_the_fastest_setting_that_keeps_binding() -> None:
-    from bench.layout import choose_regional, parse_candidate
+def test_choose_holding_takes_the_fastest_setting_that_keeps_each_kind_of_image() -> None:
+    from bench.layout import choose_holding, parse_candidate
 
-    def r(mode, b, rel, secs, **setting):  # noqa: ANN001, ANN003, ANN202
-        return {"mode": mode, "setting": setting, "seconds_per_image_two_objects": secs,
-                "templates": {"attribute_binding_acc": b, "relative_position_acc": rel}}
+    def r(mode, b, rel, single, secs2, secs1, **setting):  # noqa: ANN001, ANN003, ANN202
+        return {"mode": mode, "setting": setting, "seconds_per_image_two_objects": secs2,
+                "seconds_per_image_single": secs1,
+                "templates": {"attribute_binding_acc": b, "relative_position_acc": rel,
+                              "single_objjudge_all_correct": single, "all_correct": single,
+                              "all_correct_primary_judge": 0.6}}
 
-    modes = {"off": r("off", 0.82, 0.78, 1.3),
-             "adaptor": r("adaptor", 0.57, 0.62, 0.7, period=5, depth=0, warmup=0, adaptor="d0.safetensors"),
-             "a:p3": r("adaptor", 0.80, 0.75, 0.9, period=3, depth=0, warmup=0, adaptor="d0.safetensors"),
-             "a:p2": r("adaptor", 0.83, 0.79, 1.0, period=2, depth=0, warmup=0, adaptor="d0.safetensors"),
-             "reuse": r("reuse", 0.70, 0.78, 0.8, period=4, depth=1, warmup=0)}
-    out = choose_regional(modes, 0.05)
-    assert out["adaptor"]["period"] == 3 and out["adaptor"]["candidate"] == "a:p3"  # p5 too lossy, p2 slower
-    assert out["adaptor"]["speedup_two_objects"] == round(1.3 / 0.9, 3)
-    assert out["reuse"]["period"] == 1  # binding 0.70 < 0.82 - 0.05: regional images run in full
-    # with a prompt file scored, its binding and relations must hold too
-    for label, fb in (("off", 0.80), ("adaptor", 0.5), ("a:p3", 0.70), ("a:p2", 0.79), ("reuse", 0.8)):
-        modes[label]["prompt_file"] = {"pair": {"attribute_binding_acc": fb}, "relation": {"relative_position_acc": 0.9}}
-    out = choose_regional(modes, 0.05)
-    assert out["adaptor"]["candidate"] == "a:p2" and out["adaptor"]["file_binding"] == 0.79
-    # several files (prompt_files): each must hold; so must single objects where measured
-    for label in modes:
-        pf = modes[label].pop("prompt_file")
-        modes[label]["prompt_files"] = {"a.json": pf, "b.json": {"relation": {"relative_position_acc": 0.9}}}
+    d0 = {"depth": 0, "warmup": 0, "adaptor": "d0.safetensors"}
+    modes = {"off": r("off", 0.82, 0.78, 0.95, 1.3, 1.1),
+             "adaptor": r("adaptor", 0.57, 0.62, 0.86, 0.7, 0.4, period=5, **d0),
+             "a:p4": r("adaptor", 0.70, 0.70, 0.93, 0.8, 0.5, period=4, **d0),
+             "a:p3": r("adaptor", 0.80, 0.75, 0.95, 0.9, 0.6, period=3, **d0),
+             "a:p2": r("adaptor", 0.83, 0.79, 0.95, 1.0, 0.8, period=2, **d0),
+             "reuse": r("reuse", 0.70, 0.78, 0.80, 0.8, 0.5, period=4, depth=1, warmup=0)}
+    out = choose_holding(modes, 0.05)
+    # regional images: p5 and p4 lose binding, p2 is slower; one object: p5 loses 0.09, p4 holds
+    assert out["adaptor"]["layout"]["candidate"] == "a:p3" and out["adaptor"]["layout"]["period"] == 3
+    assert out["adaptor"]["layout"]["speedup"] == round(1.3 / 0.9, 3) and "single" not in out["adaptor"]["layout"]
+    assert out["adaptor"]["holding"]["candidate"] == "a:p4" and out["adaptor"]["holding"]["speedup"] == 2.2
+    assert out["adaptor"]["holding"]["single"] == 0.93 and "binding" not in out["adaptor"]["holding"]
+    assert out["reuse"]["layout"]["period"] == 1 and out["reuse"]["holding"]["period"] == 1  # in full
+    # prompt files: each must hold (single objects on the file count for holding, pairs for layout)
+    for label, fb, fs in (("off", 0.80, 0.9), ("adaptor", 0.5, 0.8), ("a:p4", 0.6, 0.8), ("a:p3", 0.70, 0.9),
+                          ("a:p2", 0.79, 0.9), ("reuse", 0.8, 0.9)):
+        modes[label]["prompt_files"] = {"a.json": {"pair": {"attribute_binding_acc": fb},
+                                                   "single": {"all_named_correct": fs}},
+                                        "b.json": {"relation": {"relative_position_acc": 0.9}}}
+    out = choose_holding(modes, 0.05)
+    assert out["adaptor"]["layout"]["candidate"] == "a:p2" and out["adaptor"]["layout"]["file_binding"] == 0.79
+    assert out["adaptor"]["holding"]["candidate"] == "a:p3"  # p4 lost 0.1 on the file's single objects
     modes["a:p2"]["prompt_files"]["b.json"]["relation"]["relative_position_acc"] = 0.8
-    assert choose_regional(modes, 0.05)["adaptor"]["period"] == 1  # p2 lost 0.1 on the second file
+    assert choose_holding(modes, 0.05)["adaptor"]["layout"]["period"] == 1  # p2 lost 0.1 on the second file
     modes["a:p2"]["prompt_files"]["b.json"]["relation"]["relative_position_acc"] = 0.88
-    assert choose_regional(modes, 0.05)["adaptor"]["file2_relations"] == 0.88
-    for label, single in (("off", 0.95), ("a:p2", 0.89)):
-        modes[label]["templates"] |= {"single_objjudge_all_correct": single, "all_correct": single}
-    assert choose_regional(modes, 0.05)["adaptor"]["period"] == 1  # p2 lost 0.06 on single objects
+    assert choose_holding(modes, 0.05)["adaptor"]["layout"]["file2_relations"] == 0.88
+    # an old run (one "prompt_file", primary judge's reading as all_correct) still reads
+    old = {k: {kk: vv for kk, vv in v.items() if kk != "prompt_files"} |
+           {"prompt_file": v["prompt_files"]["a.json"],
+            "templates": {kk: vv for kk, vv in v["templates"].items() if kk != "all_correct_primary_judge"}}
+           for k, v in modes.items()}
+    assert choose_holding(old, 0.05)["adaptor"]["holding"]["candidate"] == "a:p3"
     assert parse_candidate("adaptor:p3:d0:w4:x.safetensors") == ("adaptor", {
         "period": 3, "depth": 0, "warmup": 4, "adaptor": "x.safetensors"})
     for bad in ("off:p3", "adaptor:q3", "reuse:../x.safetensors", "reuse:p0"):
@@ -75,15 +86,18 @@ def test_choose_from_a_saved_run_writes_the_profile(tmp_path, monkeypatch) -> No
     shutil.copytree(paths.default_model_dir(), model)
     monkeypatch.setattr(paths, "default_model_dir", lambda: model)
     saved = {"steps": 20, "command": "studio bench layout --steps 20", "modes": {
-        "off": {"mode": "off", "setting": None, "seconds_per_image_two_objects": 1.5,
-                "templates": {"attribute_binding_acc": 0.8, "relative_position_acc": 0.8}},
-        "adaptor:p3": {"mode": "adaptor", "seconds_per_image_two_objects": 0.8,
+        "off": {"mode": "off", "setting": None, "seconds_per_image_two_objects": 1.5, "seconds_per_image_single": 1.2,
+                "templates": {"attribute_binding_acc": 0.8, "relative_position_acc": 0.8,
+                              "single_objjudge_all_correct": 0.9, "all_correct": 0.9}},
+        "adaptor:p3": {"mode": "adaptor", "seconds_per_image_two_objects": 0.8, "seconds_per_image_single": 0.6,
                        "setting": {"period": 3, "depth": 0, "warmup": 0, "adaptor": "clockwork_adaptor_d0.safetensors"},
-                       "templates": {"attribute_binding_acc": 0.82, "relative_position_acc": 0.78}}}}
+                       "templates": {"attribute_binding_acc": 0.82, "relative_position_acc": 0.78,
+                                     "single_objjudge_all_correct": 0.7, "all_correct": 0.7}}}}
     (tmp_path / "run.json").write_text(json.dumps(saved))
     assert main(["--choose-from", str(tmp_path / "run.json")]) == 0
     entry = json.loads((model / "clockwork_profile.json").read_text())["choices"]["DPM++ 2M"]["20"]["adaptor"]
     assert entry["layout"]["period"] == 3 and "--choose-from" in entry["layout"]["measured_by"]
+    assert entry["holding"]["period"] == 1  # single objects fell 0.2: auto runs them in full
     assert entry["period"] == 5  # the single-object setting is untouched
     (tmp_path / "bad.json").write_text(json.dumps({"steps": 20, "modes": {}}))
     with pytest.raises(SystemExit):

@@ -34,12 +34,15 @@ def test_embedded_model_ships_a_clockwork_adaptor(services) -> None:  # noqa: AN
 
 def test_default_jobs_run_the_shipped_quality_holding_clock(services) -> None:  # noqa: ANN001
     """The shipped profile matches the shipped weights, so a job with every default (20 steps,
-    DPM++ 2M, clockwork auto) runs the measured quality-holding setting: the depth-0 adaptor at
-    period 3, whether the prompt names one object or two."""
+    DPM++ 2M, clockwork auto) runs the measured quality-holding settings of the depth-0 adaptor:
+    period 3 for one object, period 2 for two objects drawn region by region."""
     runner = build_runner(services)
-    for prompt in ("a red star on a blue background", "a red star left of a blue ring"):
+    for prompt, cheap, regional in (("a red star on a blue background", 13, 0),
+                                    ("a red star left of a blue ring", 10, 1)):
         job = services.jobs.submit("t2i", {"prompt": prompt, "seed": 3, "preview_every": 0}, enqueue=False)
         assert runner.execute(job.id) == "completed", services.jobs.get(job.id).error
         meta = services.jobs.get(job.id).result_meta
         assert meta["clockwork"] == {"mode": "adaptor", "period": 3, "depth": 0, "warmup": 0}
-        assert meta["clockwork_cheap_steps"] == 13 and "clockwork_auto_off" not in meta
+        assert meta["clockwork_regional"] == {"mode": "adaptor", "period": 2, "depth": 0, "warmup": 0}
+        assert meta["clockwork_cheap_steps"] == cheap and meta["clockwork_regional_images"] == regional
+        assert "clockwork_auto_off" not in meta

@@ -270,7 +270,7 @@ class Clockwork:
 
 
 def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str,
-                   regional: bool = False) -> dict[str, Any]:
+                   regional: bool = False, sub: str | None = None) -> dict[str, Any]:
     """The measured Clockwork setting for (sampler, steps, mode) from a model's profile:
     ``{"period": P | None, "depth": d, "adaptor": file name | None, "warmup": w}``.
 
@@ -282,8 +282,11 @@ def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mod
     one model can carry adaptors distilled for different step counts. With ``regional`` (an image
     drawn region by region, where the clock that keeps single objects costs binding) the entry's
     ``layout`` sub-setting (written by ``studio bench layout --write-profile``) replaces it when
-    there is one."""
+    there is one; ``sub`` names another sub-setting (``holding``: single objects under
+    ``clockwork=auto``) to read the same way."""
     import re
+
+    sub = "layout" if regional else sub
 
     out: dict[str, Any] = {"period": None, "depth": 1, "adaptor": None, "warmup": 0}
     table = ((profile or {}).get("choices") or {}).get(sampler) or {}
@@ -291,10 +294,10 @@ def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mod
     if not below:
         return out
     entry = table[str(below[-1])][mode] or {}
-    if regional and isinstance(entry.get("layout"), dict):
-        entry = entry["layout"]
+    if sub and isinstance(entry.get(sub), dict):
+        entry = entry[sub]
     p, d, a, w = entry.get("period"), entry.get("depth"), entry.get("adaptor"), entry.get("warmup")
-    if isinstance(p, int) and (1 if regional else 2) <= p <= 16:  # 1: regional images run in full
+    if isinstance(p, int) and (1 if sub else 2) <= p <= 16:  # 1: a sub-setting that runs in full
         out["period"] = p
     if isinstance(d, int) and 0 <= d <= 4:
         out["depth"] = d
@@ -305,16 +308,20 @@ def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mod
     return out
 
 
-def holding_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str) -> dict[str, Any] | None:
-    """The profile's quality-holding setting for (sampler, steps, mode) — the entry's ``layout``
-    sub-setting, chosen by ``studio bench layout --write-profile`` to keep single-object,
-    binding and relation quality within tolerance of Clockwork off — in ``choose_setting``'s
-    form; None where the profile has none (``clockwork=auto`` then runs without Clockwork)."""
+def holding_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str,
+                    regional: bool = False) -> dict[str, Any] | None:
+    """The profile's quality-holding setting for (sampler, steps, mode), in ``choose_setting``'s
+    form: for images of one object the entry's ``holding`` sub-setting, for images drawn region by
+    region its ``layout`` one — each chosen by ``studio bench layout --write-profile`` to keep
+    the quality of those images (single objects with every attribute right; colour binding and
+    relations) within tolerance of Clockwork off, on the templates and on other wordings. None
+    where the profile has none (``clockwork=auto`` then runs such images without Clockwork)."""
+    sub = "layout" if regional else "holding"
     table = ((profile or {}).get("choices") or {}).get(sampler) or {}
     below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
-    if not below or not isinstance((table[str(below[-1])][mode] or {}).get("layout"), dict):
+    if not below or not isinstance((table[str(below[-1])][mode] or {}).get(sub), dict):
         return None
-    return choose_setting(profile, sampler, steps, mode, regional=True)
+    return choose_setting(profile, sampler, steps, mode, sub=sub)
 
 
 def choose_period(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str, default: int = 2) -> int:

@@ -107,18 +107,24 @@ class T2IEngine(Engine):
             mode, auto_off = self._auto_mode(loaded, ctx, params, (width, height) != (native, native))
         user_period = params.clock_period is not None  # a period the user set holds for every image
         if mode != "off":
-            # auto runs the profile's quality-holding setting on every image; an explicit mode runs
-            # the faster single-object setting, with the holding one for regional images
-            choice = self._clock_choice(loaded, params, mode, regional=params.clockwork == "auto")
+            auto = params.clockwork == "auto"
+            # auto: each kind of image under the profile's setting measured to hold its quality
+            # (``holding`` for one object, ``layout`` for images drawn region by region, in full
+            # where none held); an explicit mode: the faster single-object setting, with the
+            # layout one for regional images, which lose binding under it (studio bench layout)
+            choice = self._clock_choice(loaded, params, mode, sub="holding" if auto else None)
             if user_period:
                 choice |= {"period": params.clock_period, "warmup": 0}
             else:
                 params = params.model_copy(update={"clock_period": choice["period"] or 2})
             clock = self._clock(loaded, ctx, mode, choice)
-            # images drawn region by region lose binding under the clock that keeps single
-            # objects; the profile may carry a gentler one for them (studio bench layout)
-            if layout and not user_period and params.clockwork != "auto":
+            if layout and not user_period:
+                from engines.pipelines.clockwork import holding_setting
+
                 regional = self._clock_choice(loaded, params, mode, regional=True)
+                if auto and holding_setting(self._profile(loaded), params.scheduler, params.steps, mode,
+                                            regional=True) is None:
+                    regional = {"period": 1, "depth": 1, "adaptor": None, "warmup": 0}
                 if regional != choice:
                     regional_clock = self._clock(loaded, ctx, mode, regional)
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
@@ -244,14 +250,16 @@ class T2IEngine(Engine):
         return loaded.extras["world_grammar"]
 
     @staticmethod
-    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, mode: str, regional: bool = False) -> dict[str, Any]:
+    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, mode: str, regional: bool = False,
+                      sub: str | None = None) -> dict[str, Any]:
         """The Clockwork setting the model's profile measured best for this sampler, step count
         and mode — period, cut depth, adaptor file, warm-up (a profile made for other weights is
         ignored); period 2 at depth 1 with the model's default adaptor without one. ``regional``:
         the setting for images drawn region by region, where the profile has one."""
         from engines.pipelines.clockwork import choose_setting
 
-        return choose_setting(T2IEngine._profile(loaded), params.scheduler, params.steps, mode, regional=regional)
+        return choose_setting(T2IEngine._profile(loaded), params.scheduler, params.steps, mode, regional=regional,
+                              sub=sub)
 
     @staticmethod
     def _profile(loaded: LoadedPipeline) -> dict[str, Any] | None:
@@ -282,8 +290,8 @@ class T2IEngine(Engine):
         """clockwork=auto: the mode whose measured quality-holding setting this job can use, else
         ("off", why). Only what a profile measured qualifies: the same weights (no adapters), the
         native size, txt2img's full schedule, a sampler and step count the profile covers, and a
-        setting chosen to hold single-object and layout quality (``studio bench layout
-        --write-profile``)."""
+        setting chosen to hold the quality of single-object images (``holding``, from ``studio
+        bench layout --write-profile``)."""
         from engines.pipelines.clockwork import holding_setting
 
         if other_size:

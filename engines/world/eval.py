@@ -83,19 +83,22 @@ def _images(pipe, prompts: list[str], steps: int, guidance: float, seed: int, ba
     """(N, 3, 64, 64) in [0, 1]. One generator per prompt index keeps results batch-independent;
     ``offset`` gives another prompt set its own noise (the same offset = the same noise).
     ``layout``: read each prompt into objects and draw them region by region, as the t2i engine
-    does for the embedded model (``engines.world.compose``). ``wrap(unet)``: a context manager to
-    hold open around each pipeline call (e.g. Clockwork, from ``bench.layout``)."""
+    does for the embedded model (``engines.world.compose``). ``wrap(unet, regional)``: a context
+    manager to hold open around each pipeline call (Clockwork: ``clock_wrap``), told whether the
+    call draws an image region by region."""
     outs = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         seeds = [seed * 100003 + offset + i + k for k in range(len(chunk))]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         ctx: object = contextlib.nullcontext()
+        regional = False
         if layout:
             from engines.world.compose import prepare
 
-            chunk, ctx, _ = prepare(pipe, chunk, seeds, g.SIZE, g.SIZE)
-        with ctx, (wrap(pipe.unet) if wrap is not None else contextlib.nullcontext()):  # type: ignore[attr-defined]
+            chunk, ctx, plans = prepare(pipe, chunk, seeds, g.SIZE, g.SIZE)
+            regional = any(len(p.regions) >= 2 for p in plans)  # one clock per call: regional wins
+        with ctx, (wrap(pipe.unet, regional) if wrap is not None else contextlib.nullcontext()):  # type: ignore[attr-defined]
             im = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
                       output_type="np", height=g.SIZE, width=g.SIZE).images  # (B, 64, 64, 3) float
         outs.append(torch.from_numpy(np.asarray(im)).permute(0, 3, 1, 2).float())
@@ -557,21 +560,32 @@ def recon_gate(vae, n: int = 1000, seed: int = 4242, judge_path: Path | None = N
             "passed": bool(all(v >= 0.95 for k, v in acc.items() if k != "size"))}
 
 
-def clock_wrap(mdir: Path, mode: str, setting: dict):  # noqa: ANN201
-    """unet -> a fresh Clockwork context for one profile setting (``choose_setting``'s form), as a
-    t2i job runs it; the ``wrap`` of ``_images``."""
+def clock_wrap(mdir: Path, mode: str, setting: dict, regional: dict | None = None):  # noqa: ANN201
+    """(unet, regional) -> a fresh Clockwork context for a profile setting (``choose_setting``'s
+    form) as a t2i job runs it — ``regional`` (if given) for calls that draw an image region by
+    region; the ``wrap`` of ``_images``."""
     from engines.pipelines.clockwork import Clockwork, load_adaptor
 
-    period = setting["period"] or 2
-    adaptor = load_adaptor(mdir / (setting.get("adaptor") or "clockwork_adaptor.safetensors")) \
-        if mode == "adaptor" else None
-    depth, warmup = int(setting.get("depth", 1)), int(setting.get("warmup", 0))
-    return lambda unet: Clockwork(unet, period, mode, adaptor, depth=depth, warmup=warmup)
+    adaptors: dict[str, object] = {}
+
+    def make(unet, is_regional: bool = False):  # noqa: ANN001, ANN202
+        s = regional if (is_regional and regional is not None) else setting
+        adaptor = None
+        if mode == "adaptor":
+            name = s.get("adaptor") or "clockwork_adaptor.safetensors"
+            if name not in adaptors:
+                adaptors[name] = load_adaptor(mdir / name)
+            adaptor = adaptors[name]
+        return Clockwork(unet, s["period"] or 2, mode, adaptor, depth=int(s.get("depth", 1)),
+                         warmup=int(s.get("warmup", 0)))
+    return make
 
 
-def auto_clock(mdir: Path, steps: int, sampler: str = "DPM++ 2M") -> tuple[str, dict | None]:
+def auto_clock(mdir: Path, steps: int, sampler: str = "DPM++ 2M") -> tuple[str, dict | None, dict | None]:
     """What a t2i job with ``clockwork=auto`` (the default) runs on this model without adapters:
-    (mode, setting) from the model's measured profile, or ("off", None)."""
+    (mode, setting for images of one object, setting for images drawn region by region) from the
+    model's measured profile (regional: period 1, in full, where the profile has none), or
+    ("off", None, None)."""
     from engines.base import ModelSpec
     from engines.pipelines import model_hash
     from engines.pipelines.clockwork import holding_setting
@@ -579,16 +593,18 @@ def auto_clock(mdir: Path, steps: int, sampler: str = "DPM++ 2M") -> tuple[str, 
     try:
         prof = json.loads((mdir / "clockwork_profile.json").read_text())
     except (OSError, ValueError):
-        return "off", None
+        return "off", None, None
     if not isinstance(prof, dict) or prof.get("model_hash") != model_hash(ModelSpec(ref="eval", kind="diffusers",
                                                                                     path=mdir)):
-        return "off", None
+        return "off", None, None
     for mode in ("adaptor", "reuse"):
         s = holding_setting(prof, sampler, steps, mode)
         if s is not None and (s["period"] or 1) >= 2 and (
                 mode == "reuse" or (mdir / (s.get("adaptor") or "clockwork_adaptor.safetensors")).is_file()):
-            return mode, s
-    return "off", None
+            reg = holding_setting(prof, sampler, steps, mode, regional=True) or {
+                "period": 1, "depth": 1, "adaptor": None, "warmup": 0}
+            return mode, s, reg
+    return "off", None, None
 
 
 def load_pipeline(model_dir: Path | None = None, device: str = "cpu"):  # noqa: ANN201
@@ -612,8 +628,8 @@ def run_eval(model_dir: Path | None = None, n_per_prompt: int = 2, steps: int = 
     default (``"off"``: every step in full); the times are then reported both ways."""
     t = time.time()
     mdir = Path(model_dir or default_model_dir())
-    mode, setting = auto_clock(mdir, steps) if clockwork == "auto" else ("off", None)
-    wrap = clock_wrap(mdir, mode, setting) if setting is not None else None
+    mode, setting, regional = auto_clock(mdir, steps) if clockwork == "auto" else ("off", None, None)
+    wrap = clock_wrap(mdir, mode, setting, regional) if setting is not None else None
     pipe = load_pipeline(model_dir, device)
     judge = M.load_judge(judge_dir(), device)
     if compositional:
@@ -638,9 +654,7 @@ def run_eval(model_dir: Path | None = None, n_per_prompt: int = 2, steps: int = 
         res = evaluate_pipeline(pipe, judge, n_per_prompt, steps, guidance, seed,
                                 prompts=prompt_set(*singles_n), wrap=wrap,
                                 objjudge=load_objjudge(judge_dir(), device))
-    res["clockwork"] = {"requested": clockwork, "mode": mode, **({k: setting[k] for k in
-                                                                 ("period", "depth", "warmup", "adaptor")}
-                                                              if setting is not None else {})}
+    res["clockwork"] = {"requested": clockwork, "mode": mode, "single": setting, "regional": regional}
     res["model_dir"] = str(model_dir or default_model_dir())
     res["layout"] = "auto" if layout else "off"
     res["wall_seconds"] = round(time.time() - t, 1)

@@ -166,20 +166,35 @@ def test_regional_images_take_the_profiles_gentler_clock(world_ctx, tmp_path) ->
     fixed = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring", clockwork="adaptor",
                  clock_period=4)
     assert fixed.meta["clockwork_cheap_steps"] == 15 and "clockwork_regional" not in fixed.meta  # the user's period
-    # auto (the default): the quality-holding setting on every image, single objects included
+    # auto (the default) needs a setting measured to hold single objects ("holding")
+    assert _run(world_ctx, model=str(model), prompt="a red star").meta["clockwork"] is None
+    prof["choices"]["DPM++ 2M"]["20"]["adaptor"]["holding"] = {"period": 4, "depth": 0, "warmup": 0,
+                                                                "adaptor": "clockwork_adaptor_d0.safetensors"}
+    (model / "clockwork_profile.json").write_text(json.dumps(prof))  # read again by the loaded model
+    os.utime(model / "clockwork_profile.json", ns=(2, 2))  # (a new mtime even on a coarse clock)
     auto = _run(world_ctx, model=str(model), prompt="a red star")
-    assert auto.meta["clockwork"] == {"mode": "adaptor", "period": 3, "depth": 0, "warmup": 5}
-    assert auto.meta["clockwork_cheap_steps"] == 10 and "clockwork_regional" not in auto.meta
+    assert auto.meta["clockwork"] == {"mode": "adaptor", "period": 4, "depth": 0, "warmup": 0}
+    assert auto.meta["clockwork_cheap_steps"] == 15 and auto.meta["clockwork_regional_images"] == 0
     assert read_png_metadata(auto.artifacts[0].path)["studio"]["clockwork"]["auto"] is True
-    assert "Clockwork: auto/3" in read_png_metadata(auto.artifacts[0].path)["parameters"]
+    assert "Clockwork: auto/4" in read_png_metadata(auto.artifacts[0].path)["parameters"]
+    # ... and images drawn region by region the layout setting
+    auto2 = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring")
+    assert auto2.meta["clockwork_regional"] == {"mode": "adaptor", "period": 3, "depth": 0, "warmup": 5}
+    assert auto2.meta["clockwork_cheap_steps"] == 10 and auto2.meta["clockwork_regional_images"] == 1
     # ... and only where the profile measured one: fewer steps than any measured count, or a
     # profile whose quality-holding setting is "in full", run without Clockwork and say why
     short = _run(world_ctx, model=str(model), prompt="a red star", steps=8)
     assert short.meta["clockwork"] is None and short.meta["clockwork_cheap_steps"] == 0
     assert "DPM++ 2M at 8 steps" in short.meta["clockwork_auto_off"]
+    # a layout setting "in full" runs regional images without reuse; a holding one, single ones
     prof["choices"]["DPM++ 2M"]["20"]["adaptor"]["layout"] = {"period": 1, "depth": 1, "warmup": 0}
-    (model / "clockwork_profile.json").write_text(json.dumps(prof))  # read again by the loaded model
-    os.utime(model / "clockwork_profile.json", ns=(1, 1))  # (a new mtime even on a coarse clock)
+    (model / "clockwork_profile.json").write_text(json.dumps(prof))
+    os.utime(model / "clockwork_profile.json", ns=(3, 3))
+    two_full = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring")
+    assert two_full.meta["clockwork_cheap_steps"] == 0 and two_full.meta["clockwork_regional"]["period"] == 1
+    prof["choices"]["DPM++ 2M"]["20"]["adaptor"]["holding"] = {"period": 1, "depth": 1, "warmup": 0}
+    (model / "clockwork_profile.json").write_text(json.dumps(prof))
+    os.utime(model / "clockwork_profile.json", ns=(4, 4))
     full = _run(world_ctx, model=str(model), prompt="a red star")
     assert full.meta["clockwork_cheap_steps"] == 0 and "no quality-holding setting" in full.meta["clockwork_auto_off"]
     big = _run(world_ctx, model=str(model), prompt="a red star", steps=2, width=128, height=128)

@@ -288,22 +288,27 @@ def test_choose_setting_regional_takes_the_layout_sub_setting() -> None:
         "period": None, "depth": 1, "adaptor": None, "warmup": 0}
 
 
-def test_holding_setting_exists_only_where_a_layout_sub_setting_was_measured() -> None:
+def test_holding_setting_exists_only_where_one_was_measured() -> None:
     from engines.pipelines.clockwork import holding_setting
 
-    prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 4, "adaptor": "s8.safetensors"}},
+    prof = {"choices": {"DPM++ 2M": {"8": {"adaptor": {"period": 4, "adaptor": "s8.safetensors",
+                                                       "layout": {"period": 3}}},
                                      "20": {"adaptor": {"period": 5, "depth": 0, "adaptor": "d0.safetensors",
-                                                        "layout": {"period": 3, "depth": 0,
+                                                        "holding": {"period": 3, "depth": 0,
+                                                                    "adaptor": "d0.safetensors"},
+                                                        "layout": {"period": 2, "depth": 0,
                                                                    "adaptor": "d0.safetensors"}},
-                                            "reuse": {"period": 4, "layout": {"period": 1}}}}}}
+                                            "reuse": {"period": 4, "holding": {"period": 1}}}}}}
     assert holding_setting(prof, "DPM++ 2M", 20, "adaptor") == {"period": 3, "depth": 0, "adaptor": "d0.safetensors",
                                                                 "warmup": 0}
+    assert holding_setting(prof, "DPM++ 2M", 20, "adaptor", regional=True)["period"] == 2
     assert holding_setting(prof, "DPM++ 2M", 30, "adaptor")["period"] == 3  # more steps borrow from 20
-    assert holding_setting(prof, "DPM++ 2M", 12, "adaptor") is None  # 8's entry has no holding setting
+    assert holding_setting(prof, "DPM++ 2M", 12, "adaptor") is None  # 8's entry holds nothing for one object
+    assert holding_setting(prof, "DPM++ 2M", 12, "adaptor", regional=True)["period"] == 3
     assert holding_setting(prof, "DPM++ 2M", 4, "adaptor") is None  # nothing measured at ≤ 4 steps
     assert holding_setting(prof, "DPM++ 2M", 20, "reuse")["period"] == 1  # "in full": auto runs without
     assert holding_setting(prof, "Euler", 20, "adaptor") is None and holding_setting(None, "DPM++ 2M", 20, "reuse") is None
-    hostile = {"choices": {"DPM++ 2M": {"20": {"adaptor": {"layout": {"period": "3; rm", "adaptor": "../x.safetensors"}}}}}}
+    hostile = {"choices": {"DPM++ 2M": {"20": {"adaptor": {"holding": {"period": "3; rm", "adaptor": "../x.safetensors"}}}}}}
     assert holding_setting(hostile, "DPM++ 2M", 20, "adaptor") == {"period": None, "depth": 1, "adaptor": None,
                                                                    "warmup": 0}
 
