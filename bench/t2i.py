@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         services.close()
     raw_s, job_s = statistics.median(r), statistics.median(s)
     print(json.dumps({"model": args.model, "prompt": args.prompt, "layout": args.layout, "clockwork": args.clockwork,
-                      "clockwork_ran": ran["meta"].get("clockwork"), "steps": args.steps,
+                      "clockwork_ran": ran["meta"].get("clockwork"),
+                      **({"clockwork_ran_regional": ran["meta"].get("clockwork_regional")}
+                         if ran["meta"].get("clockwork_regional_images") else {}),
+                      "steps": args.steps,
                       **({"clockwork_auto_off": ran["meta"]["clockwork_auto_off"]}
                          if "clockwork_auto_off" in ran["meta"] else {}),
                       "resolution": size, "rounds": args.rounds,
