@@ -124,7 +124,7 @@ class T2IEngine(Engine):
                 regional = self._clock_choice(loaded, params, mode, regional=True)
                 if auto and holding_setting(self._profile(loaded), params.scheduler, params.steps, mode,
                                             regional=True) is None:
-                    regional = {"period": 1, "depth": 1, "adaptor": None, "warmup": 0}
+                    regional = choice | {"period": 1, "warmup": 0}  # in full (same adaptor: no new file)
                 if regional != choice:
                     regional_clock = self._clock(loaded, ctx, mode, regional)
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,

@@ -238,3 +238,22 @@ def test_layout_param_is_validated() -> None:
         with pytest.raises(ValidationError):
             T2IParams(model="embedded", prompt="a red star", layout=bad)
     assert T2IParams(model="embedded", prompt="a red star").layout == "auto"
+
+
+def test_auto_runs_regional_images_in_full_without_a_measured_layout_setting(tmp_path, world_ctx) -> None:  # noqa: ANN001
+    import json
+    import shutil
+
+    from engines.pipelines import load_pipeline
+
+    model = tmp_path / "sd"
+    shutil.copytree(default_model_dir(), model)
+    loaded = load_pipeline(ModelSpec(ref=str(model), kind="diffusers", path=model), "cpu", "float32")
+    (model / "clockwork_profile.json").write_text(json.dumps({"model_hash": loaded.model_hash, "choices": {
+        "DPM++ 2M": {"20": {"adaptor": {"period": 5, "depth": 0, "adaptor": "clockwork_adaptor_d0.safetensors",
+                                        "holding": {"period": 3, "depth": 0,
+                                                    "adaptor": "clockwork_adaptor_d0.safetensors"}}}}}}))
+    one = _run(world_ctx, model=str(model), prompt="a red star")
+    assert one.meta["clockwork_cheap_steps"] == 13
+    two = _run(world_ctx, model=str(model), prompt="a red star left of a blue ring")
+    assert two.meta["clockwork_cheap_steps"] == 0 and two.meta["clockwork_regional"]["period"] == 1
