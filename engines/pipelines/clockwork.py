@@ -269,6 +269,13 @@ class Clockwork:
         return forward
 
 
+def _entry(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str) -> dict[str, Any] | None:
+    """The profile entry for (sampler, mode) at the largest measured step count ≤ ``steps``."""
+    table = ((profile or {}).get("choices") or {}).get(sampler) or {}
+    below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
+    return (table[str(below[-1])][mode] or {}) if below else None
+
+
 def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str,
                    regional: bool = False, sub: str | None = None) -> dict[str, Any]:
     """The measured Clockwork setting for (sampler, steps, mode) from a model's profile:
@@ -289,11 +296,9 @@ def choose_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mod
     sub = "layout" if regional else sub
 
     out: dict[str, Any] = {"period": None, "depth": 1, "adaptor": None, "warmup": 0}
-    table = ((profile or {}).get("choices") or {}).get(sampler) or {}
-    below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
-    if not below:
+    entry = _entry(profile, sampler, steps, mode)
+    if entry is None:
         return out
-    entry = table[str(below[-1])][mode] or {}
     if sub and isinstance(entry.get(sub), dict):
         entry = entry[sub]
     p, d, a, w = entry.get("period"), entry.get("depth"), entry.get("adaptor"), entry.get("warmup")
@@ -317,11 +322,23 @@ def holding_setting(profile: dict[str, Any] | None, sampler: str, steps: int, mo
     relations) within tolerance of Clockwork off, on the templates and on other wordings. None
     where the profile has none (``clockwork=auto`` then runs such images without Clockwork)."""
     sub = "layout" if regional else "holding"
-    table = ((profile or {}).get("choices") or {}).get(sampler) or {}
-    below = sorted((int(k) for k, v in table.items() if str(k).isdigit() and mode in (v or {}) and int(k) <= steps))
-    if not below or not isinstance((table[str(below[-1])][mode] or {}).get(sub), dict):
+    if not isinstance((_entry(profile, sampler, steps, mode) or {}).get(sub), dict):
         return None
     return choose_setting(profile, sampler, steps, mode, sub=sub)
+
+
+def auto_setting(profile: dict[str, Any] | None, sampler: str, steps: int,
+                 adaptor_ok: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """What ``clockwork=auto`` runs: (mode, setting for images of one object, setting for images
+    drawn region by region), preferring the adaptor (more quality per skipped step) where
+    ``adaptor_ok(file name | None)`` finds its file, else reuse; regional images run in full
+    (period 1, same adaptor) where no layout setting was measured. None: nothing qualifies."""
+    for mode in ("adaptor", "reuse"):
+        s = holding_setting(profile, sampler, steps, mode)
+        if s is None or (s["period"] or 1) < 2 or (mode == "adaptor" and not adaptor_ok(s.get("adaptor"))):
+            continue
+        return mode, s, holding_setting(profile, sampler, steps, mode, regional=True) or s | {"period": 1, "warmup": 0}
+    return None
 
 
 def choose_period(profile: dict[str, Any] | None, sampler: str, steps: int, mode: str, default: int = 2) -> int:

@@ -102,29 +102,23 @@ class T2IEngine(Engine):
         seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)
         clock, regional_clock = None, None
         layout = params.layout == "auto" and not params.adapters and self._speaks_world(loaded)
-        mode, auto_off = params.clockwork, None
+        mode, auto, auto_off = params.clockwork, None, None
         if mode == "auto":
-            mode, auto_off = self._auto_mode(loaded, ctx, params, (width, height) != (native, native))
+            mode, auto, auto_off = self._auto_mode(loaded, ctx, params, (width, height) != (native, native))
         user_period = params.clock_period is not None  # a period the user set holds for every image
         if mode != "off":
-            auto = params.clockwork == "auto"
             # auto: each kind of image under the profile's setting measured to hold its quality
-            # (``holding`` for one object, ``layout`` for images drawn region by region, in full
-            # where none held); an explicit mode: the faster single-object setting, with the
-            # layout one for regional images, which lose binding under it (studio bench layout)
-            choice = self._clock_choice(loaded, params, mode, sub="holding" if auto else None)
+            # (``holding`` for one object, ``layout`` for images drawn region by region); an
+            # explicit mode: the faster single-object setting, with the layout one for regional
+            # images, which lose binding under it (studio bench layout)
+            choice = dict(auto[0]) if auto else self._clock_choice(loaded, params, mode)
             if user_period:
                 choice |= {"period": params.clock_period, "warmup": 0}
             else:
                 params = params.model_copy(update={"clock_period": choice["period"] or 2})
             clock = self._clock(loaded, ctx, mode, choice)
             if layout and not user_period:
-                from engines.pipelines.clockwork import holding_setting
-
-                regional = self._clock_choice(loaded, params, mode, regional=True)
-                if auto and holding_setting(self._profile(loaded), params.scheduler, params.steps, mode,
-                                            regional=True) is None:
-                    regional = choice | {"period": 1, "warmup": 0}  # in full (same adaptor: no new file)
+                regional = auto[1] if auto else self._clock_choice(loaded, params, mode, regional=True)
                 if regional != choice:
                     regional_clock = self._clock(loaded, ctx, mode, regional)
         return _Plan(params=params, run_pipe=run_pipe, init=init, width=width, height=height,
@@ -250,16 +244,14 @@ class T2IEngine(Engine):
         return loaded.extras["world_grammar"]
 
     @staticmethod
-    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, mode: str, regional: bool = False,
-                      sub: str | None = None) -> dict[str, Any]:
+    def _clock_choice(loaded: LoadedPipeline, params: T2IParams, mode: str, regional: bool = False) -> dict[str, Any]:
         """The Clockwork setting the model's profile measured best for this sampler, step count
         and mode — period, cut depth, adaptor file, warm-up (a profile made for other weights is
         ignored); period 2 at depth 1 with the model's default adaptor without one. ``regional``:
         the setting for images drawn region by region, where the profile has one."""
         from engines.pipelines.clockwork import choose_setting
 
-        return choose_setting(T2IEngine._profile(loaded), params.scheduler, params.steps, mode, regional=regional,
-                              sub=sub)
+        return choose_setting(T2IEngine._profile(loaded), params.scheduler, params.steps, mode, regional=regional)
 
     @staticmethod
     def _profile(loaded: LoadedPipeline) -> dict[str, Any] | None:
@@ -286,36 +278,37 @@ class T2IEngine(Engine):
 
     @classmethod
     def _auto_mode(cls, loaded: LoadedPipeline, ctx: EngineContext, params: T2IParams,
-                   other_size: bool) -> tuple[str, str | None]:
-        """clockwork=auto: the mode whose measured quality-holding setting this job can use, else
-        ("off", why). Only what a profile measured qualifies: the same weights (no adapters), the
-        native size, txt2img's full schedule, a sampler and step count the profile covers, and a
-        setting chosen to hold the quality of single-object images (``holding``, from ``studio
-        bench layout --write-profile``)."""
-        from engines.pipelines.clockwork import holding_setting
+                   other_size: bool) -> tuple[str, tuple[dict[str, Any], dict[str, Any]] | None, str | None]:
+        """clockwork=auto: (mode, (setting for one object, setting for regional images), None)
+        from ``auto_setting``, else ("off", None, why). Only what a profile measured qualifies:
+        the same weights (no adapters), the native size, txt2img's full schedule, a sampler and
+        step count the profile covers, and settings chosen to hold quality (``studio bench
+        layout --write-profile``)."""
+        from engines.pipelines.clockwork import auto_setting
 
         if other_size:
-            return "off", "the Clockwork profile was measured at the model's native size"
+            return "off", None, "the Clockwork profile was measured at the model's native size"
         if params.adapters:
-            return "off", "adapters change the weights the Clockwork profile was measured on"
+            return "off", None, "adapters change the weights the Clockwork profile was measured on"
         if params.init_image:
-            return "off", "img2img runs a partial schedule the Clockwork profile did not measure"
+            return "off", None, "img2img runs a partial schedule the Clockwork profile did not measure"
         prof = cls._profile(loaded)
         if prof is None:
-            return "off", ("no measured Clockwork profile for these weights (studio bench clockwork / "
-                           "studio bench layout --write-profile)")
-        for mode in ("adaptor", "reuse"):  # the adaptor keeps more quality per skipped step
-            s = holding_setting(prof, params.scheduler, params.steps, mode)
-            if s is None or (s["period"] or 1) < 2:
-                continue
-            if mode == "adaptor":
-                try:
-                    cls._adaptor(loaded, ctx, s.get("adaptor"))
-                except EngineError:
-                    continue
-            return mode, None
-        return "off", (f"the Clockwork profile has no quality-holding setting for {params.scheduler} "
-                       f"at {params.steps} steps")
+            return "off", None, ("no measured Clockwork profile for these weights (studio bench clockwork / "
+                                 "studio bench layout --write-profile)")
+
+        def adaptor_ok(name: str | None) -> bool:
+            try:
+                cls._adaptor(loaded, ctx, name)
+                return True
+            except EngineError:
+                return False
+
+        picked = auto_setting(prof, params.scheduler, params.steps, adaptor_ok)
+        if picked is None:
+            return "off", None, (f"the Clockwork profile has no quality-holding setting for {params.scheduler} "
+                                 f"at {params.steps} steps")
+        return picked[0], picked[1:], None
 
     @classmethod
     def _clock(cls, loaded: LoadedPipeline, ctx: EngineContext, mode: str, choice: dict[str, Any]) -> "_Clock":

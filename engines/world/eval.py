@@ -588,7 +588,7 @@ def auto_clock(mdir: Path, steps: int, sampler: str = "DPM++ 2M") -> tuple[str, 
     ("off", None, None)."""
     from engines.base import ModelSpec
     from engines.pipelines import model_hash
-    from engines.pipelines.clockwork import holding_setting
+    from engines.pipelines.clockwork import auto_setting
 
     try:
         prof = json.loads((mdir / "clockwork_profile.json").read_text())
@@ -597,14 +597,8 @@ def auto_clock(mdir: Path, steps: int, sampler: str = "DPM++ 2M") -> tuple[str, 
     if not isinstance(prof, dict) or prof.get("model_hash") != model_hash(ModelSpec(ref="eval", kind="diffusers",
                                                                                     path=mdir)):
         return "off", None, None
-    for mode in ("adaptor", "reuse"):
-        s = holding_setting(prof, sampler, steps, mode)
-        if s is not None and (s["period"] or 1) >= 2 and (
-                mode == "reuse" or (mdir / (s.get("adaptor") or "clockwork_adaptor.safetensors")).is_file()):
-            reg = holding_setting(prof, sampler, steps, mode, regional=True) or {
-                "period": 1, "depth": 1, "adaptor": None, "warmup": 0}
-            return mode, s, reg
-    return "off", None, None
+    return auto_setting(prof, sampler, steps,
+                        lambda name: (mdir / (name or "clockwork_adaptor.safetensors")).is_file()) or ("off", None, None)
 
 
 def load_pipeline(model_dir: Path | None = None, device: str = "cpu"):  # noqa: ANN201
